@@ -1,0 +1,48 @@
+# clasp_pl — common tasks. `make help` lists them. Every target that runs code installs first.
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+# The CPU build of torch that this machine has on local disk. A GPU cluster pins its own CUDA
+# build instead: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH    ?= torch==2.13.0
+CONFIG   ?=
+ARGS     ?=
+RESUME   ?=
+NUM_NODES ?=
+DEVICES  ?=
+CKPT     ?=
+SPLIT    ?= test
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+PRETRAIN_CONFIGS := --config conf/trainer/cpu.yaml --config conf/data/amcsd.yaml --config conf/model/clasp.yaml
+
+.PHONY: help install pretrain eval-retrieval finetune bench test lint clean-cache
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv (if absent) and install clasp_pl editable with test extras
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) -e ".[test]"
+	touch $@
+
+pretrain: install  ## train CLaSP on the embedded AMCSD default (CONFIG=extra.yaml ARGS="--trainer.max_epochs=3" RESUME=1 NUM_NODES= DEVICES=)
+	$(BIN)/clasp fit $(PRETRAIN_CONFIGS) $(if $(CONFIG),--config $(CONFIG)) \
+		$(if $(NUM_NODES),--trainer.num_nodes $(NUM_NODES) --trainer.strategy ddp) \
+		$(if $(DEVICES),--trainer.devices $(DEVICES)) \
+		$(if $(RESUME),--ckpt_path last) $(ARGS)
+
+test: install  ## run the test suite (PYTEST_ARGS="-m 'not ddp'" to narrow it)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff lint and format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean-cache:  ## delete featurized caches (they are rebuilt on demand)
+	rm -rf data/cache

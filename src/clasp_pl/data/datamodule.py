@@ -1,0 +1,234 @@
+"""LightningDataModule: records file -> cached graphs/tokens -> split by paper -> batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clasp_pl.data.cache import ArrayStore
+from clasp_pl.data.featurize import (
+    build_graph_store,
+    build_text_feature_store,
+    build_token_store,
+)
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.records import iter_record_lines
+from clasp_pl.data.split import split_indices
+from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.models.text import TextTower
+from clasp_pl.text_models import TextConfig, load_tokenizer
+
+DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
+
+
+class CrystalTextDataset(Dataset):
+    """Pairs (crystal graph, caption tokens) for the graph-store items ``item_ids``."""
+
+    def __init__(
+        self,
+        graphs: ArrayStore,
+        tokens: ArrayStore,
+        item_ids: np.ndarray,
+        text_features: ArrayStore | None = None,
+    ):
+        self.graphs = graphs
+        self.tokens = tokens
+        self.text_features = text_features
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, position: int) -> dict[str, np.ndarray]:
+        item_id = int(self.item_ids[position])
+        sample = dict(self.graphs[item_id])
+        record_index = int(sample["record_index"][0])
+        sample["input_ids"] = self.tokens[record_index]["input_ids"]
+        if self.text_features is not None:
+            sample["text_features"] = self.text_features[record_index]["features"]
+        sample["item_id"] = np.array([item_id], np.int64)
+        return sample
+
+
+def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 0) -> dict:
+    """Stack samples into one batch (PyG-style: atoms concatenated, edges offset).
+
+    Returns a dict with
+        ``atomic_numbers [N]``, ``edge_src [E]``, ``edge_dst [E]`` (batch atom indices),
+        ``edge_dist [E]`` (Å), ``crystal_index [N]``, ``num_crystals`` (int B),
+        ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
+        ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
+        position, unique per sample: used to drop DistributedSampler's padding duplicates),
+        and ``text_features [B, H]`` when the samples carry cached frozen text-tower outputs.
+    """
+    atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
+    atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
+    edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
+    edge_offset = np.repeat(atom_offsets, edges_per_crystal)
+    lengths = [len(s["input_ids"]) for s in samples]
+    input_ids = np.full((len(samples), max(lengths)), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    for row, (sample, length) in enumerate(zip(samples, lengths, strict=False)):
+        input_ids[row, :length] = sample["input_ids"]
+        attention_mask[row, :length] = 1
+
+    def cat(name: str, dtype=np.int64) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
+
+    batch = {
+        "atomic_numbers": cat("atomic_numbers"),
+        "edge_src": cat("edge_src") + torch.from_numpy(edge_offset),
+        "edge_dst": cat("edge_dst") + torch.from_numpy(edge_offset),
+        "edge_dist": cat("edge_dist", np.float32),
+        "crystal_index": torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
+        "num_crystals": len(samples),
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "group_ids": cat("group_id"),
+        "record_index": cat("record_index"),
+        "item_id": cat("item_id"),
+    }
+    if "text_features" in samples[0]:
+        batch["text_features"] = cat("text_features", np.float32)
+    return batch
+
+
+class CrystalTextDataModule(L.LightningDataModule):
+    """Crystal-text pairs from a records file (``clasp data ingest`` or the AMCSD default).
+
+    Args:
+        records: records file (``.jsonl.gz``); defaults to the embedded AMCSD dataset.
+        cache_dir: where cached graphs and tokens go (one sub-folder per records file).
+        text: text model settings, linked to the model's by the CLI: its tokenizer is used, and
+            a frozen tower's pooled outputs are cached once when ``cache_text_features``.
+        cache_text_features: for a frozen text tower, feed cached features instead of tokens.
+        caption_fields: record fields joined into the caption.
+        max_length: caption truncation in tokens.
+        graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
+        split_fractions: train/val/test fractions of *papers* (groups).
+        split_seed: seed of the by-paper split.
+        batch_size: training pairs per process per step.
+        eval_batch_size: pairs per batch in validation/test.
+        num_workers: DataLoader workers.
+        prepare_workers: processes used to featurize the cache.
+    """
+
+    def __init__(
+        self,
+        records: str = DEFAULT_RECORDS,
+        cache_dir: str = "data/cache",
+        text: TextConfig = TextConfig(),
+        cache_text_features: bool = True,
+        caption_fields: list[str] = None,
+        max_length: int = 256,
+        graph: GraphConfig = GraphConfig(),
+        split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        split_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        prepare_workers: int = 1,
+    ):
+        if caption_fields is None:
+            caption_fields = list(CAPTION_FIELDS)
+        super().__init__()
+        self.records = Path(records)
+        if not self.records.is_file():
+            raise FileNotFoundError(
+                f"records file {self.records} not found: make one with `clasp data ingest` "
+                "or run from the repository root to use the embedded default"
+            )
+        self.cache_root = Path(cache_dir) / f"{self.records.name.split('.')[0]}"
+        self.text = text
+        self.cache_text_features = cache_text_features
+        self.caption_fields = list(caption_fields)
+        self.max_length = max_length
+        self.graph = graph
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.prepare_workers = prepare_workers
+        self.datasets: dict[str, CrystalTextDataset] = {}
+        self.pad_token_id = 0
+
+    @property
+    def uses_text_features(self) -> bool:
+        return self.text.freeze and self.cache_text_features
+
+    def _build(self) -> tuple[ArrayStore, ArrayStore, ArrayStore | None]:
+        lines = list(iter_record_lines(self.records))
+        graphs, rejects = build_graph_store(
+            self.records, self.cache_root / "graphs", self.graph, self.prepare_workers, lines=lines
+        )
+        for reject in rejects:
+            print(
+                f"skipped {reject['id']} ({reject['source']}): {reject['reason']}: {reject['message']}"
+            )
+        tokens = build_token_store(
+            self.records,
+            self.cache_root / "tokens",
+            self.text.model,
+            self.caption_fields,
+            self.max_length,
+            lines=lines,
+        )
+        features = None
+        if self.uses_text_features:
+            features = build_text_feature_store(
+                self.records,
+                self.cache_root / "text_features",
+                TextTower(self.text),
+                self.caption_fields,
+                self.max_length,
+                lines=lines,
+            )
+        return graphs, tokens, features
+
+    def prepare_data(self) -> None:
+        """Build the caches once (rank 0 of each node); later runs reuse them."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        graphs, tokens, features = self._build()  # caches exist by now: this only opens them
+        self.pad_token_id = load_tokenizer(self.text.model).pad_token_id or 0
+        record_index = graphs.field("record_index")
+        has_text = tokens.lengths("input_ids")[record_index] > 2  # more than [CLS] [SEP]
+        if not has_text.all():
+            print(f"{(~has_text).sum()} structures have no caption text and are left out of pairs")
+        parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
+        self.datasets = {
+            name: CrystalTextDataset(graphs, tokens, ids[has_text[ids]], features)
+            for name, ids in parts.items()
+        }
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _collate(self, samples: Sequence[dict]) -> dict:
+        return collate_pairs(samples, self.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,197 @@
+"""The CLaSP LightningModule: crystal tower + text tower + projection heads + contrastive loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import lightning as L
+import torch
+
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.losses import ContrastiveLoss
+from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
+from clasp_pl.models.heads import ProjectionHead
+from clasp_pl.models.text import TextTower
+from clasp_pl.text_models import TextConfig
+
+
+@dataclass
+class HeadsConfig:
+    """Projection heads into the shared embedding space (``embed_dim``-d, L2-normalised)."""
+
+    embed_dim: int = 256
+    crystal_hidden: list[int] = field(default_factory=list)
+    text_hidden: list[int] = field(default_factory=list)
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """Contrastive loss (see :class:`clasp_pl.losses.ContrastiveLoss`)."""
+
+    kind: Literal["infonce", "cosface", "arcface", "siglip"] = "infonce"
+    local_loss: bool = False
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    learn_scale: bool = True
+    scale: float | None = None
+    margin: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio`` of the peak.
+
+    Attributes:
+        lr: peak learning rate of the crystal tower, the heads and the loss's scale.
+        text_lr: peak learning rate of the (unfrozen part of the) text tower.
+        weight_decay: AdamW weight decay (not applied to biases, norms and scales).
+        warmup_steps: linear warm-up length in optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+    """
+
+    lr: float = 1e-3
+    text_lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+
+
+# Checkpoints store these configs in their hyper-parameters; allow them under weights_only loads.
+torch.serialization.add_safe_globals(
+    [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig]
+)
+
+
+class CLaSPModule(L.LightningModule):
+    """Contrastive language-structure pretraining.
+
+    Batches are the dicts of :func:`clasp_pl.data.datamodule.collate_pairs`. Embeddings are
+    ``[B, embed_dim]`` and L2-normalised; their dot product is the cosine similarity.
+    """
+
+    def __init__(
+        self,
+        text: TextConfig = TextConfig(),
+        crystal: CGCNNConfig = CGCNNConfig(),
+        graph: GraphConfig = GraphConfig(),
+        heads: HeadsConfig = HeadsConfig(),
+        loss: LossConfig = LossConfig(),
+        optim: OptimConfig = OptimConfig(),
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.crystal_tower = CGCNN(crystal, graph)
+        self.text_tower = TextTower(text)
+        head_args = {"batch_norm": heads.batch_norm, "dropout": heads.dropout}
+        self.crystal_head = ProjectionHead(
+            self.crystal_tower.out_dim, heads.embed_dim, heads.crystal_hidden, **head_args
+        )
+        self.text_head = ProjectionHead(
+            self.text_tower.out_dim, heads.embed_dim, heads.text_hidden, **head_args
+        )
+        self.loss_fn = ContrastiveLoss(**asdict(loss))
+        self.optim = optim
+
+    # ----------------------------------------------------------------- embeddings
+    def encode_crystals(self, batch: dict) -> torch.Tensor:
+        """Crystal embeddings ``[B, embed_dim]`` of a collated batch."""
+        features = self.crystal_tower(
+            batch["atomic_numbers"],
+            batch["edge_src"],
+            batch["edge_dst"],
+            batch["edge_dist"],
+            batch["crystal_index"],
+            batch["num_crystals"],
+        )
+        return self.crystal_head(features)
+
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]``."""
+        return self.text_head(self.text_tower(input_ids, attention_mask))
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crystal_emb, text_emb)``, each ``[B, embed_dim]``. A batch carrying cached frozen
+        text-tower outputs (``text_features [B, H]``) skips the text tower."""
+        if "text_features" in batch:
+            text_emb = self.text_head(batch["text_features"])
+        else:
+            text_emb = self.encode_texts(batch["input_ids"], batch["attention_mask"])
+        return self.encode_crystals(batch), text_emb
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        crystal_emb, text_emb = self(batch)
+        loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
+        size = batch["num_crystals"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/logit_scale", self.loss_fn.logit_scale_value, batch_size=size)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> dict:
+        crystal_emb, text_emb = self(batch)
+        loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
+        self.log(
+            f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["num_crystals"]
+        )
+        return {
+            "crystal_emb": crystal_emb.detach(),
+            "text_emb": text_emb.detach(),
+            "group_ids": batch["group_ids"],
+            "item_id": batch["item_id"],
+        }
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "test")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.loss_fn.clamp_parameters_()
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        text_params = [p for p in self.text_tower.parameters() if p.requires_grad]
+        text_ids = {id(p) for p in text_params}
+        other = [
+            (n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in text_ids
+        ]
+        no_decay = [p for n, p in other if p.ndim < 2 or "loss_fn" in n]
+        decay = [p for n, p in other if p.ndim >= 2 and "loss_fn" not in n]
+        groups = [
+            {"params": decay, "lr": self.optim.lr, "weight_decay": self.optim.weight_decay},
+            {"params": no_decay, "lr": self.optim.lr, "weight_decay": 0.0},
+        ]
+        if text_params:
+            groups.append(
+                {
+                    "params": text_params,
+                    "lr": self.optim.text_lr,
+                    "weight_decay": self.optim.weight_decay,
+                }
+            )
+        optimizer = torch.optim.AdamW(groups)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = WarmupCosine(self.optim.warmup_steps, total, self.optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``floor``."""
+
+    def __init__(self, warmup: int, total: int, floor: float):
+        self.warmup, self.total, self.floor = warmup, total, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,42 @@
+"""Projection heads: tower features -> the shared, L2-normalised embedding space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class ProjectionHead(nn.Module):
+    """MLP ``[B, in_dim] -> [B, embed_dim]``, L2-normalised.
+
+    ``hidden_dims=()`` is a single linear projection (CLIP); ``hidden_dims=(768, 768)`` with
+    ``batch_norm=True`` is the official CLaSP form (Linear-BN-ReLU twice, then Linear).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        embed_dim: int,
+        hidden_dims: Sequence[int] = (),
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for hidden in hidden_dims:
+            layers.append(nn.Linear(width, hidden))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        layers.append(nn.Linear(width, embed_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(features), dim=-1)

