@@ -98,6 +98,8 @@ def test_killed_build_resumes_where_it_stopped(tmp_path):
 def test_parallel_build_equals_serial(tmp_path):
     inputs = list(range(20))
     serial, _ = build_store(tmp_path / "a", inputs, squares, {"v": 1}, "s", shard_size=3)
-    parallel, _ = build_store(tmp_path / "b", inputs, squares, {"v": 1}, "s", shard_size=3, workers=2)
+    parallel, _ = build_store(
+        tmp_path / "b", inputs, squares, {"v": 1}, "s", shard_size=3, workers=2
+    )
     for i in range(len(inputs)):
         np.testing.assert_array_equal(serial[i]["values"], parallel[i]["values"])

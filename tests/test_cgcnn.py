@@ -58,7 +58,9 @@ def test_invariant_to_atom_order(model):
     permutation = np.random.default_rng(0).permutation(len(structure))
     shuffled = structure.copy()
     shuffled = type(structure).from_sites([structure[i] for i in permutation])
-    torch.testing.assert_close(encode(model, [structure]), encode(model, [shuffled]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        encode(model, [structure]), encode(model, [shuffled]), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_invariant_to_supercell(model):
@@ -74,7 +76,7 @@ def test_native_segment_sum_matches_a_dense_reference():
     values = torch.randn(50, 7)
     index = torch.randint(0, 6, (50,))
     dense = torch.zeros(6, 7)
-    for row, segment in zip(values, index):
+    for row, segment in zip(values, index, strict=True):
         dense[segment] += row
     torch.testing.assert_close(scatter.segment_sum(values, index, 6, False), dense)
     means = scatter.segment_mean(values, index, 6, False)

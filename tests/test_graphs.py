@@ -21,7 +21,10 @@ def brute_force_neighbours(structure: Structure, radius: float, k: int, tol: flo
     """Per atom: the sorted distances of its k nearest periodic neighbours (ties kept),
     by enumerating every lattice image that can reach within ``radius``."""
     lattice = structure.lattice
-    reach = [int(np.ceil(radius * np.linalg.norm(row))) + 1 for row in lattice.reciprocal_lattice_crystallographic.matrix]
+    reach = [
+        int(np.ceil(radius * np.linalg.norm(row))) + 1
+        for row in lattice.reciprocal_lattice_crystallographic.matrix
+    ]
     images = np.array(list(itertools.product(*(range(-n, n + 1) for n in reach))))
     cart = structure.cart_coords
     shifts = images @ lattice.matrix
@@ -45,7 +48,7 @@ def brute_force_neighbours(structure: Structure, radius: float, k: int, tol: flo
 def graph_neighbours(structure: Structure, config: GraphConfig):
     graph = structure_to_graph(structure, config)
     per_atom = [[] for _ in range(len(structure))]
-    for s, d, dist in zip(graph.edge_src, graph.edge_dst, graph.edge_dist):
+    for s, d, dist in zip(graph.edge_src, graph.edge_dst, graph.edge_dist, strict=True):
         per_atom[s].append((float(dist), int(d)))
     return [sorted(p) for p in per_atom]
 
@@ -70,7 +73,7 @@ def test_matches_brute_force_on_real_and_special_structures(radius, k):
         expected = brute_force_neighbours(structure, radius, k)
         got = graph_neighbours(structure, config)
         assert len(got) == len(expected)
-        for atom, (g, e) in enumerate(zip(got, expected)):
+        for atom, (g, e) in enumerate(zip(got, expected, strict=True)):
             assert len(g) == len(e), (structure.composition, atom)
             np.testing.assert_allclose([x[0] for x in g], [x[0] for x in e], atol=1e-4)
             assert sorted(x[1] for x in g) == sorted(x[1] for x in e)

@@ -119,8 +119,12 @@ def test_training_lowers_loss_clamps_scale_and_checkpoints(records_file, tmp_pat
     with torch.no_grad():
         module.loss_fn.logit_scale.fill_(10.0)  # above log(100): must be clamped after a step
     trainer = L.Trainer(
-        max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     first = None
     losses = []
@@ -136,7 +140,9 @@ def test_training_lowers_loss_clamps_scale_and_checkpoints(records_file, tmp_pat
     assert np.mean(losses[-4:]) < first
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     restored = CLaSPModule.load_from_checkpoint(tmp_path / "m.ckpt")
-    for (name, a), b in zip(module.state_dict().items(), restored.state_dict().values()):
+    for (name, a), b in zip(
+        module.state_dict().items(), restored.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -112,12 +113,19 @@ class CrystalRecord:
 
 
 def write_records(records: Iterable[CrystalRecord], path: str | Path) -> int:
-    """Write records as gzip JSON Lines atomically (temp file, then rename). Returns the count."""
+    """Write records as gzip JSON Lines atomically (temp file, then rename). Returns the count.
+
+    The gzip header carries no name or timestamp, so the same records give the same bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as handle:
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile("", "wb", 9, raw, mtime=0) as zipped,
+        io.TextIOWrapper(zipped, encoding="utf-8") as handle,
+    ):
         for record in records:
             handle.write(record.to_json() + "\n")
             count += 1

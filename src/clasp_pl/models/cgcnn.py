@@ -100,7 +100,7 @@ class CGCNN(nn.Module):
         )
         widths = [config.atom_fea_len] + [config.h_fea_len] * config.n_hidden
         self.hidden = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=False)
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
 
     @property

@@ -1,0 +1,351 @@
+"""Ingestion: a folder of CIFs or a table of structures → a records file plus rejects.
+
+Input A, :func:`ingest_folder`: CIF files found recursively (the COD mirror layout
+``cif/1/00/00/1000000.cif`` works; the record id is the file stem), with an optional metadata
+JSON Lines file whose lines carry ``id`` (COD id) or ``doi`` and any of ``title``, ``abstract``,
+``keywords`` (list), ``year``; metadata wins over the CIF's own fields.
+
+Input B, :func:`ingest_table`: a CSV or JSON Lines table with a ``cif`` column (CIF text) or a
+``path`` column (relative to the table's folder), an ``id`` column (else ``material_id``, else
+the row number), optional text columns ``title``, ``abstract``, ``keywords``, ``doi``; every
+other numeric column goes into ``meta`` (e.g. perov_5's ``heat_ref``, ``dir_gap``).
+
+Both write the records with :func:`~clasp_pl.data.records.write_records`, the rejects as JSON
+Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts. Bad input
+never raises: every problem becomes a reject. Work is spread over ``workers`` processes with
+the output order equal to the input order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from clasp_pl.data.cif import (
+    DEFAULT_MAX_ATOMS,
+    CifError,
+    OccupancyPolicy,
+    ParsedCif,
+    Reader,
+    Reject,
+    decode_cif_bytes,
+    parse_cif,
+)
+from clasp_pl.data.records import CrystalRecord, write_records
+
+T = TypeVar("T")
+TEXT_COLUMNS = ("title", "abstract", "keywords", "doi")
+_NOT_META = {"", "id", "material_id", "cif", "path", "year", *TEXT_COLUMNS}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How each structure is read (see :mod:`clasp_pl.data.cif`)."""
+
+    reader: Reader = "gemmi"
+    occupancy: OccupancyPolicy = "majority"
+    max_atoms: int = DEFAULT_MAX_ATOMS
+    require_text: bool = True
+
+
+@dataclass
+class Job:
+    """One structure to ingest: CIF text or a CIF path, plus text and meta overrides."""
+
+    id: str
+    source: str
+    cif: str | None = None
+    path: str | None = None
+    text: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def rejects_path_for(out: str | Path) -> Path:
+    """Default rejects file next to ``out``: ``x/name.jsonl.gz`` → ``x/name.rejects.jsonl``."""
+    out = Path(out)
+    stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
+    return out.with_name(stem + ".rejects.jsonl")
+
+
+def ingest_folder(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    metadata: str | Path | None = None,
+    rejects: str | Path | None = None,
+    options: IngestOptions = IngestOptions(),
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ingest every ``*.cif`` under ``folder`` (recursively, sorted by path) into ``out``.
+
+    Returns:
+        The summary of :func:`run_jobs`.
+    """
+    by_id, by_doi = load_metadata(metadata) if metadata else ({}, {})
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() == ".cif")
+    jobs = [
+        Job(
+            id=path.stem,
+            source=str(path),
+            path=str(path),
+            text=by_id.get(path.stem, {}),
+        )
+        for path in paths
+    ]
+    return run_jobs(
+        jobs, out, rejects, options, workers=workers, progress=progress, metadata_by_doi=by_doi
+    )
+
+
+def ingest_table(
+    table: str | Path,
+    out: str | Path,
+    *,
+    rejects: str | Path | None = None,
+    options: IngestOptions = IngestOptions(require_text=False),
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ingest the rows of a CSV or JSON Lines table (see the module docstring) into ``out``."""
+    jobs = list(table_jobs(table))
+    return run_jobs(jobs, out, rejects, options, workers=workers, progress=progress)
+
+
+def load_metadata(path: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Metadata lines indexed by id (``id`` or ``cod_id``) and by lower-case DOI."""
+    by_id: dict[str, dict] = {}
+    by_doi: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            key = entry.get("id", entry.get("cod_id"))
+            if key is not None:
+                by_id[str(key)] = entry
+            if entry.get("doi"):
+                by_doi[str(entry["doi"]).strip().lower()] = entry
+    return by_id, by_doi
+
+
+def table_jobs(table: str | Path) -> Iterator[Job]:
+    """One :class:`Job` per row of a CSV or JSON Lines table."""
+    table = Path(table)
+    for number, row in enumerate(_table_rows(table)):
+        record_id = str(row.get("id") or row.get("material_id") or f"{table.stem}-{number}")
+        path = row.get("path")
+        yield Job(
+            id=record_id,
+            source=f"{table}:{number}",
+            cif=row.get("cif") or None,
+            path=str(table.parent / path) if path else None,
+            text={key: row[key] for key in (*TEXT_COLUMNS, "year") if row.get(key)},
+            meta=_numeric_meta(row),
+        )
+
+
+def _table_rows(table: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV or JSON Lines file; undecodable bytes survive as surrogates."""
+    with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        if table.suffix.lower() in (".jsonl", ".json"):
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            csv.field_size_limit(sys.maxsize)
+            yield from csv.DictReader(handle)
+
+
+def _numeric_meta(row: dict[str, Any]) -> dict[str, int | float]:
+    meta: dict[str, int | float] = {}
+    for key, value in row.items():
+        if key in _NOT_META or value is None or value == "":
+            continue
+        number = _as_number(value)
+        if number is not None:
+            meta[key] = number
+    return meta
+
+
+def _as_number(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(str(value))
+        except ValueError:
+            continue
+    return None
+
+
+def run_jobs(
+    jobs: list[Job],
+    out: str | Path,
+    rejects: str | Path | None,
+    options: IngestOptions,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    metadata_by_doi: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Convert jobs to records (in order) and write records and rejects; returns the summary.
+
+    Metadata found by the DOI read from a CIF is applied here, in the parent process, so the
+    (possibly large) metadata index is never sent to the workers.
+    """
+    convert = partial(job_to_record, options=options)
+    results = parallel_map(convert, jobs, workers=workers, progress=progress, desc="ingest")
+    finished = (
+        _finish(job, result, metadata_by_doi or {}, options.require_text)
+        for job, result in zip(jobs, results, strict=True)
+    )
+    return write_outputs(finished, out, rejects)
+
+
+def _finish(
+    job: Job,
+    result: CrystalRecord | Reject,
+    metadata_by_doi: dict[str, dict[str, Any]],
+    require_text: bool,
+) -> CrystalRecord | Reject:
+    """Apply DOI-keyed metadata (when the job had none) and the ``require_text`` rule."""
+    if isinstance(result, Reject):
+        return result
+    entry = metadata_by_doi.get(result.doi.lower()) if result.doi and not job.text else None
+    if entry:
+        result.title = str(entry.get("title") or result.title)
+        result.abstract = str(entry.get("abstract") or result.abstract)
+        result.keywords = [str(k) for k in entry.get("keywords") or result.keywords]
+        if entry.get("year"):
+            result.meta["year"] = entry["year"]
+    if require_text and not result.has_text:
+        return Reject(job.source, job.id, "missing_text", f"{job.source}: no title or abstract")
+    return result
+
+
+def write_outputs(
+    results: Iterable[CrystalRecord | Reject], out: str | Path, rejects: str | Path | None
+) -> dict[str, Any]:
+    """Stream records into ``out`` and rejects into ``rejects``; returns the summary.
+
+    Returns:
+        ``{"total", "kept", "rejected": {reason: count}, "out", "rejects"}``.
+    """
+    rejects_path = Path(rejects) if rejects else rejects_path_for(out)
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    reasons: Counter[str] = Counter()
+    with open(rejects_path, "w", encoding="utf-8") as reject_file:
+
+        def records() -> Iterator[CrystalRecord]:
+            for result in results:
+                if isinstance(result, Reject):
+                    reasons[result.reason] += 1
+                    reject_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+                else:
+                    yield result
+
+        kept = write_records(records(), out)
+    return {
+        "total": kept + sum(reasons.values()),
+        "kept": kept,
+        "rejected": dict(sorted(reasons.items())),
+        "out": str(out),
+        "rejects": str(rejects_path),
+    }
+
+
+def parallel_map(
+    function: Callable[[Any], T],
+    items: list[Any],
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "",
+) -> Iterator[T]:
+    """``map`` over ``workers`` processes, in input order, with a tqdm progress bar."""
+    bar = tqdm(total=len(items), desc=desc, unit="cif", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 1:
+            for item in items:
+                yield function(item)
+                bar.update()
+            return
+        chunksize = max(1, min(64, len(items) // (workers * 8) or 1))
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for result in pool.imap(function, items, chunksize=chunksize):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def job_to_record(job: Job, options: IngestOptions) -> CrystalRecord | Reject:
+    """Read one job's CIF and attach its text; never raises for bad input.
+
+    ``options.require_text`` is applied afterwards by :func:`run_jobs`.
+    """
+    try:
+        parsed = parse_cif(
+            _job_text(job),
+            job.source,
+            reader=options.reader,
+            occupancy=options.occupancy,
+            max_atoms=options.max_atoms,
+        )
+    except CifError as err:
+        return err.to_reject(job.source, job.id)
+    except Exception as err:  # a reader bug must not stop a 400k-file ingestion
+        return Reject(job.source, job.id, "unparseable", f"{job.source}: {type(err).__name__}")
+    return _record(job, parsed)
+
+
+def _job_text(job: Job) -> str:
+    """The job's CIF text (read from its path when needed); ``not_utf8`` on bad bytes."""
+    if job.cif is not None:
+        try:
+            job.cif.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CifError("not_utf8", f"{job.source}: CIF text is not valid UTF-8") from None
+        return job.cif
+    if job.path is None:
+        raise CifError("unparseable", f"{job.source}: neither a cif nor a path column")
+    try:
+        data = Path(job.path).read_bytes()
+    except OSError as err:
+        raise CifError("unreadable", f"{job.source}: {err.strerror}: {job.path}") from None
+    return decode_cif_bytes(data, job.path)
+
+
+def _record(job: Job, parsed: ParsedCif) -> CrystalRecord:
+    """Record of a parsed CIF; job text (metadata, table columns) wins over CIF fields."""
+    cif = parsed.text
+    text = job.text
+    keywords = text.get("keywords") or []
+    if isinstance(keywords, str):
+        keywords = [k.strip() for k in keywords.split(";") if k.strip()]
+    meta = {"year": text.get("year") or cif.year, "journal": cif.journal, **job.meta}
+    if parsed.n_disordered:
+        meta["n_disordered_sites"] = parsed.n_disordered
+    return CrystalRecord.from_structure(
+        job.id,
+        parsed.structure,
+        title=str(text.get("title") or cif.title),
+        abstract=str(text.get("abstract") or ""),
+        keywords=[str(k) for k in keywords],
+        doi=str(text.get("doi") or cif.doi),
+        source=job.source,
+        meta={key: value for key, value in meta.items() if value not in (None, "")},
+    )

@@ -1,0 +1,161 @@
+"""Ingestion of CIF folders (COD layout, metadata) and tables (perov_5-style CSV, JSONL)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from clasp_pl.data.commands import main
+from clasp_pl.data.ingest import (
+    IngestOptions,
+    ingest_folder,
+    ingest_table,
+    rejects_path_for,
+)
+from clasp_pl.data.records import read_records
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+COD_SAMPLE = SHARED / "cod_sample"
+PEROV_VAL = SHARED / "perov_5" / "val.csv"
+
+pytestmark = pytest.mark.skipif(not COD_SAMPLE.is_dir(), reason="shared sample data missing")
+
+
+@pytest.fixture
+def cod_mirror(tmp_path: Path) -> Path:
+    """COD mirror layout ``cif/1/00/00/1000041.cif`` plus one broken and one text-less CIF."""
+    root = tmp_path / "cif"
+    for path in sorted(COD_SAMPLE.glob("*.cif")):
+        target = root / path.stem[0] / path.stem[1:3] / path.stem[3:5] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    broken = root / "9" / "99" / "99" / "9999999.cif"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes((COD_SAMPLE / "1000041.cif").read_bytes()[:1200])
+    text = (COD_SAMPLE / "1000050.cif").read_text(encoding="utf-8")
+    start = text.index("_publ_section_title")
+    end = text.index(";", text.index(";", start) + 1) + 1
+    (root / "9" / "99" / "99" / "9999998.cif").write_text(text[:start] + text[end:])
+    return root
+
+
+def test_folder_with_metadata(cod_mirror: Path, tmp_path: Path) -> None:
+    metadata = tmp_path / "meta.jsonl"
+    lines = [
+        {"id": "1000041", "title": "Metadata title", "abstract": "NaCl.", "keywords": ["salt"]},
+        {"doi": "10.1107/S0108270189004269", "title": "By DOI", "year": 2000},
+    ]
+    metadata.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out" / "cod.jsonl.gz"
+    summary = ingest_folder(cod_mirror, out, metadata=metadata, progress=False)
+
+    assert summary["kept"] == 10 and summary["total"] == 12
+    assert summary["rejected"] == {"missing_text": 1, "unparseable": 1}
+    records = {record.id: record for record in read_records(out)}
+    assert set(records) == {path.stem for path in COD_SAMPLE.glob("*.cif")}
+    nacl = records["1000041"]
+    assert (nacl.title, nacl.abstract, nacl.keywords) == ("Metadata title", "NaCl.", ["salt"])
+    assert nacl.group == "doi:10.1107/s0365110x65002244"
+    assert records["1101051"].title == "By DOI" and records["1101051"].meta["year"] == 2000
+    assert records["1000050"].title.startswith("Energiedispersion")
+    assert records["1000050"].meta["year"] == 1981
+
+    rejects = [json.loads(line) for line in rejects_path_for(out).read_text().splitlines()]
+    assert {(r["id"], r["reason"]) for r in rejects} == {
+        ("9999999", "unparseable"),
+        ("9999998", "missing_text"),
+    }
+    assert all(r["source"] in r["message"] for r in rejects)
+
+
+def test_workers_keep_order(cod_mirror: Path, tmp_path: Path) -> None:
+    options = IngestOptions(require_text=False)
+    ingest_folder(cod_mirror, tmp_path / "one.jsonl.gz", options=options, progress=False)
+    summary = ingest_folder(
+        cod_mirror, tmp_path / "two.jsonl.gz", options=options, workers=2, progress=False
+    )
+    assert summary["kept"] == 11
+    one = [r.to_json() for r in read_records(tmp_path / "one.jsonl.gz")]
+    two = [r.to_json() for r in read_records(tmp_path / "two.jsonl.gz")]
+    assert one == two
+
+
+@pytest.mark.skipif(not PEROV_VAL.exists(), reason="perov_5 sample missing")
+def test_perov_table(tmp_path: Path) -> None:
+    table = tmp_path / "perov.csv"
+    with open(PEROV_VAL, newline="") as source, open(table, "w", newline="") as target:
+        rows = list(islice(csv.DictReader(source), 40))
+        rows[3]["cif"] = rows[3]["cif"][:200]  # truncated CIF
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "perov.jsonl.gz"
+    summary = ingest_table(table, out, progress=False)
+    assert summary["kept"] == 39 and summary["rejected"] == {"unparseable": 1}
+    record = read_records(out)[0]
+    assert record.id == rows[0]["material_id"]
+    assert record.num_sites == 5 and not record.has_text
+    assert record.meta["heat_ref"] == pytest.approx(float(rows[0]["heat_ref"]))
+    assert set(record.meta) >= {"heat_all", "heat_ref", "dir_gap", "ind_gap"}
+    assert "formula" not in record.meta and "" not in record.meta
+    texts = ingest_table(table, tmp_path / "t.jsonl.gz", options=IngestOptions(), progress=False)
+    assert texts["rejected"]["missing_text"] == 39
+
+
+def test_jsonl_table_with_paths_and_bad_bytes(tmp_path: Path) -> None:
+    shutil.copy(COD_SAMPLE / "1000041.cif", tmp_path / "a.cif")
+    (tmp_path / "b.cif").write_bytes(b"data_b\n_publ_section_title '\xe9t\xe9'\n")
+    rows = [
+        {"id": "a", "path": "a.cif", "title": "Salt", "keywords": "rock; salt", "band_gap": 5.0},
+        {"id": "b", "path": "b.cif", "title": "Summer"},
+        {"id": "c", "path": "missing.cif", "title": "Nothing"},
+        {"id": "d", "title": "No structure at all"},
+    ]
+    table = tmp_path / "table.jsonl"
+    table.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    summary = ingest_table(table, tmp_path / "out.jsonl.gz", progress=False)
+    assert summary["rejected"] == {"not_utf8": 1, "unparseable": 1, "unreadable": 1}
+    (record,) = read_records(tmp_path / "out.jsonl.gz")
+    assert record.title == "Salt" and record.keywords == ["rock", "salt"]
+    assert record.meta["band_gap"] == 5.0
+
+
+def test_non_utf8_csv_row_is_rejected(tmp_path: Path) -> None:
+    cif = (COD_SAMPLE / "1000041.cif").read_bytes()
+    good = b'"' + cif.replace(b'"', b'""') + b'"'
+    bad = good.replace(b"sodium", b"s\xf6dium", 1)
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"id,cif\nok," + good + b"\nbad," + bad + b"\n")
+    summary = ingest_table(table, tmp_path / "o.jsonl.gz", progress=False)
+    assert summary["kept"] == 1 and summary["rejected"] == {"not_utf8": 1}
+
+
+def test_command_line(cod_mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.jsonl.gz"
+    code = main(["ingest", "--cifs", str(cod_mirror), "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "kept 10 of 12" in printed and "missing_text: 1" in printed
+    code = main(
+        [
+            "ingest",
+            "--cifs",
+            str(cod_mirror),
+            "--out",
+            str(out),
+            "--no-require-text",
+            "--occupancy",
+            "skip",
+            "--reader",
+            "pymatgen",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and "kept 11 of 12" in capsys.readouterr().out

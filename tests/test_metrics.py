@@ -1,0 +1,181 @@
+"""Tests for chunked retrieval metrics against hand-made cases and a full-matrix reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clasp_pl.evaluation.metrics import (
+    bidirectional_metrics,
+    group_sizes,
+    random_expectation,
+    retrieval_metrics,
+    retrieval_ranks,
+    summarise_ranks,
+)
+
+
+def full_matrix_ranks(
+    query_emb: torch.Tensor,
+    target_emb: torch.Tensor,
+    query_groups: torch.Tensor,
+    target_groups: torch.Tensor,
+    pair_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Naive reference: full score matrix, stable descending sort, rank = position + 1."""
+    scores = query_emb @ target_emb.T
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    position = torch.empty_like(order)
+    position.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
+    rank = position + 1
+    pair = rank.gather(1, pair_index[:, None]).squeeze(1)
+    same = query_groups[:, None] == target_groups[None, :]
+    same[torch.arange(len(pair_index)), pair_index] = True
+    group = torch.where(same, rank, scores.shape[1] + 1).min(dim=1).values
+    return pair, group
+
+
+def integer_embeddings(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Small-integer embeddings: dot products are exact, so ties are exact in any order."""
+    return torch.randint(-2, 3, (n, dim), generator=generator).double()
+
+
+def test_hand_made_ranks_with_ties() -> None:
+    # one query, 4 targets with scores [0.5, 0.9, 0.5, 0.1]
+    target = torch.tensor([[0.5], [0.9], [0.5], [0.1]])
+    query = torch.tensor([[1.0]])
+    groups_q = torch.tensor([7])
+    cases = {0: 2, 1: 1, 2: 3, 3: 4}  # partner index -> expected rank (tie: smaller index first)
+    for partner, expected in cases.items():
+        groups_t = torch.tensor([0, 1, 2, 3])
+        pair, group = retrieval_ranks(query, target, groups_q, groups_t, torch.tensor([partner]))
+        assert pair.item() == expected
+        assert group.item() == expected  # no other target shares the group
+
+
+def test_group_rank_uses_best_member_of_shared_paper() -> None:
+    target = torch.tensor([[0.5], [0.9], [0.5], [0.1]])
+    query = torch.tensor([[1.0], [1.0]])
+    groups_t = torch.tensor([3, 4, 3, 3])
+    groups_q = torch.tensor([3, 5])
+    pair_index = torch.tensor([3, 2])
+    pair, group = retrieval_ranks(query, target, groups_q, groups_t, pair_index)
+    assert pair.tolist() == [4, 3]
+    # query 0: targets 0, 2, 3 share its paper; the best is target 0 (rank 2).
+    # query 1: group 5 has no target; only its partner counts.
+    assert group.tolist() == [2, 3]
+    m = retrieval_metrics(query, target, groups_q, groups_t, pair_index, ks=(1, 2))
+    assert m["pair_R@2"] == 0.0 and m["group_R@2"] == 0.5
+    assert m["pair_mean_rank"] == 3.5 and m["group_median_rank"] == 2.5
+    assert m["group_mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_chunked_equals_full_matrix_with_ties_and_groups(chunk_size: int) -> None:
+    gen = torch.Generator().manual_seed(chunk_size)
+    n, dim = 150, 3  # low dimension and integer values give many exact ties
+    query = integer_embeddings(n, dim, gen)
+    target = integer_embeddings(n, dim, gen)
+    target[10:20] = target[0]  # duplicated targets
+    query_groups = torch.randint(0, 40, (n,), generator=gen)
+    target_groups = torch.randint(0, 40, (n,), generator=gen)
+    pair_index = torch.randint(0, n, (n,), generator=gen)
+    expected = full_matrix_ranks(query, target, query_groups, target_groups, pair_index)
+    got = retrieval_ranks(query, target, query_groups, target_groups, pair_index, chunk_size)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+    assert (got[1] <= got[0]).all()
+
+
+def test_chunked_equals_full_matrix_random_float() -> None:
+    gen = torch.Generator().manual_seed(0)
+    query = torch.nn.functional.normalize(torch.randn(300, 16, generator=gen, dtype=torch.float64))
+    target = torch.nn.functional.normalize(torch.randn(250, 16, generator=gen, dtype=torch.float64))
+    query_groups = torch.randint(0, 60, (300,), generator=gen)
+    target_groups = torch.randint(0, 60, (250,), generator=gen)
+    pair_index = torch.randint(0, 250, (300,), generator=gen)
+    expected = full_matrix_ranks(query, target, query_groups, target_groups, pair_index)
+    got = retrieval_ranks(query, target, query_groups, target_groups, pair_index, chunk_size=33)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_extra_scores_are_added_per_chunk() -> None:
+    query = torch.zeros(3, 2)
+    target = torch.zeros(4, 2)
+    bonus = torch.eye(3, 4)  # query i prefers target i
+    groups = torch.arange(4)
+
+    def extra(rows: slice) -> torch.Tensor:
+        return bonus[rows]
+
+    pair, _ = retrieval_ranks(query, target, groups[:3], groups, torch.arange(3), 2, extra)
+    assert pair.tolist() == [1, 1, 1]
+    pair, _ = retrieval_ranks(query, target, groups[:3], groups, torch.tensor([3, 3, 3]), 2, extra)
+    assert pair.tolist() == [4, 4, 4]  # one bonus target ahead plus two tied, smaller index
+
+
+def test_bidirectional_with_duplicated_texts() -> None:
+    crystal = torch.eye(4)
+    text = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    groups = torch.tensor([0, 0, 1, 2])  # items 0 and 1 share a paper and an identical text
+    m = bidirectional_metrics(crystal, text, groups, ks=(1,))
+    # s2t: structure 1 scores 0 against every text (orthogonal) -> pair rank 2 (tie, text 0
+    # ahead), group rank 1 (text 0 of the same paper ties and is first).
+    assert m["s2t_pair_R@1"] == 0.75 and m["s2t_group_R@1"] == 1.0
+    # t2s: text 1 == text 0 -> ranks structure 0 first; its partner structure 1 is tied
+    # with structures 2, 3 at score 0 -> rank 2; group rank 1 via structure 0.
+    assert m["t2s_pair_R@1"] == 0.75 and m["t2s_group_R@1"] == 1.0
+    assert set(m) >= {"t2s_pair_mrr", "s2t_group_median_rank", "t2s_group_mean_rank"}
+
+
+def test_summarise_ranks() -> None:
+    m = summarise_ranks(torch.tensor([1, 2, 10, 3]), ks=(1, 3), prefix="x_")
+    assert m == pytest.approx(
+        {
+            "x_R@1": 0.25,
+            "x_R@3": 0.75,
+            "x_mean_rank": 4.0,
+            "x_median_rank": 2.5,
+            "x_mrr": (1 + 1 / 2 + 1 / 10 + 1 / 3) / 4,
+        }
+    )
+
+
+def test_random_expectation_closed_forms() -> None:
+    exp = random_expectation(100, torch.ones(100, dtype=torch.long), ks=(1, 5), prefixes=("",))
+    assert exp["pair_R@5"] == pytest.approx(0.05)
+    assert exp["pair_mean_rank"] == pytest.approx(50.5)
+    assert exp["pair_median_rank"] == pytest.approx(50.5)
+    assert exp["pair_mrr"] == pytest.approx(sum(1 / r for r in range(1, 101)) / 100)
+    assert exp["group_R@5"] == pytest.approx(exp["pair_R@5"])
+    exp = random_expectation(10, [3], ks=(2,), prefixes=("",))
+    assert exp["group_R@2"] == pytest.approx(1 - math.comb(7, 2) / math.comb(10, 2))
+    assert exp["group_mean_rank"] == pytest.approx(11 / 4)
+
+
+def test_random_expectation_matches_monte_carlo() -> None:
+    gen = torch.Generator().manual_seed(1)
+    n = 60
+    groups = torch.repeat_interleave(torch.arange(20), torch.tensor([1, 2, 3, 6] * 5))
+    sums: dict[str, float] = {}
+    trials = 200
+    for _ in range(trials):
+        crystal = torch.nn.functional.normalize(torch.randn(n, 8, generator=gen))
+        text = torch.nn.functional.normalize(torch.randn(n, 8, generator=gen))
+        for key, value in bidirectional_metrics(crystal, text, groups, ks=(1, 5)).items():
+            sums[key] = sums.get(key, 0.0) + value / trials
+    expected = random_expectation(n, group_sizes(groups), ks=(1, 5))
+    assert set(expected) == set(sums) - {"t2s_group_median_rank", "s2t_group_median_rank"}
+    for key, value in expected.items():
+        assert sums[key] == pytest.approx(value, rel=0.1), key
+
+
+def test_input_validation() -> None:
+    emb = torch.zeros(2, 3)
+    groups = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError):
+        retrieval_metrics(emb, torch.zeros(2, 4), groups, groups, torch.arange(2))
+    with pytest.raises(ValueError):
+        retrieval_metrics(emb, emb, groups, groups, torch.tensor([0, 2]))
