@@ -37,6 +37,9 @@ pretrain: install  ## train CLaSP on the embedded AMCSD default (CONFIG=extra.ya
 		$(if $(DEVICES),--trainer.devices $(DEVICES)) \
 		$(if $(RESUME),--ckpt_path last) $(ARGS)
 
+eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default newest; SPLIT=test|val)
+	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)
+
 test: install  ## run the test suite (PYTEST_ARGS="-m 'not ddp'" to narrow it)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -16,12 +16,13 @@ import hashlib
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 _SPACES = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -86,6 +87,11 @@ class CrystalRecord:
     @property
     def num_sites(self) -> int:
         return len(self.species)
+
+    @property
+    def composition(self) -> Composition:
+        """Composition of the cell (site counts per element)."""
+        return Composition(Counter(self.species))
 
     def to_structure(self) -> Structure:
         """The pymatgen ``Structure`` this record describes."""

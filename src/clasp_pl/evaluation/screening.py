@@ -100,6 +100,21 @@ def screening_metrics(
     return out
 
 
+def keyword_scores(structure_emb: Tensor, prompt_emb: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """keyword -> ``[N]`` max cosine similarity between each structure and the keyword's prompts.
+
+    Args:
+        structure_emb: ``[N, D]`` structure embeddings (normalised here).
+        prompt_emb: keyword -> ``[T, D]`` embeddings of its prompts (normalised here).
+    """
+    structures = torch.nn.functional.normalize(structure_emb.detach().float(), dim=-1)
+    out = {}
+    for name, prompts in prompt_emb.items():
+        prompts = torch.nn.functional.normalize(prompts.detach().float(), dim=-1)
+        out[name] = (structures @ prompts.to(structures.device).T).max(dim=1).values
+    return out
+
+
 def keyword_screening(
     structure_emb: Tensor,
     prompt_emb: Mapping[str, Tensor],
@@ -126,16 +141,14 @@ def keyword_screening(
     Returns:
         Per-keyword metrics, their mean over evaluated keywords and the skipped keywords.
     """
-    structures = torch.nn.functional.normalize(structure_emb.detach().float(), dim=-1)
+    scores = keyword_scores(structure_emb, prompt_emb)
     per_keyword: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
-    for name, prompts in prompt_emb.items():
+    for name, keyword_score in scores.items():
         if int(labels[name].sum()) < min_positives:
             skipped.append(name)
             continue
-        prompts = torch.nn.functional.normalize(prompts.detach().float(), dim=-1)
-        scores = (structures @ prompts.to(structures.device).T).max(dim=1).values
-        per_keyword[name] = screening_metrics(scores, labels[name], ks, downsample, seed)
+        per_keyword[name] = screening_metrics(keyword_score, labels[name], ks, downsample, seed)
     return ScreeningResult(per_keyword, _mean_over_keywords(per_keyword), skipped)
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 
+from clasp_pl.config_utils import as_config
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
@@ -84,6 +85,16 @@ class CLaSPModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        text, crystal, graph = (
+            as_config(TextConfig, text),
+            as_config(CGCNNConfig, crystal),
+            as_config(GraphConfig, graph),
+        )
+        heads, loss, optim = (
+            as_config(HeadsConfig, heads),
+            as_config(LossConfig, loss),
+            as_config(OptimConfig, optim),
+        )
         self.crystal_tower = CGCNN(crystal, graph)
         self.text_tower = TextTower(text)
         head_args = {"batch_norm": heads.batch_norm, "dropout": heads.dropout}
