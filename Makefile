@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 PRETRAIN_CONFIGS := --config conf/trainer/cpu.yaml --config conf/data/amcsd.yaml --config conf/model/clasp.yaml
 
-.PHONY: help install pretrain eval-retrieval finetune bench test lint clean-cache
+.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval finetune bench test lint clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,6 +36,15 @@ pretrain: install  ## train CLaSP on the embedded AMCSD default (CONFIG=extra.ya
 		$(if $(NUM_NODES),--trainer.num_nodes $(NUM_NODES) --trainer.strategy ddp) \
 		$(if $(DEVICES),--trainer.devices $(DEVICES)) \
 		$(if $(RESUME),--ckpt_path last) $(ARGS)
+
+pretrain-composition: install  ## the composition-only baseline, same budget, into runs/composition (eval-retrieval adds its row)
+	$(BIN)/clasp fit $(PRETRAIN_CONFIGS) --config conf/model/composition.yaml $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+smoke: install  ## seconds-long run of the tiny model: a few batches, logs/checkpoints/records under runs/debug
+	$(BIN)/clasp fit $(PRETRAIN_CONFIGS) --config conf/trainer/debug.yaml --config conf/model/tiny.yaml $(ARGS)
+
+slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit` arguments)
+	sbatch scripts/slurm_pretrain.sbatch $(ARGS)
 
 eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default newest; SPLIT=test|val)
 	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)

@@ -10,7 +10,7 @@ import torch
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNNConfig
-from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimConfig
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig
 from conftest import TINY_GRAPH
@@ -155,3 +155,56 @@ def test_unknown_text_model_offline_gives_a_clear_error(monkeypatch):
 def test_default_text_model_pools_by_its_own_convention():
     assert TextConfig(model="minilm").resolved_pooling == "mean"
     assert GraphConfig().radius == 8.0
+
+
+def test_init_from_copies_towers_and_heads_but_not_the_loss(tmp_path):
+    stage1 = tiny_module(TextConfig(model="tiny-random", freeze=True))
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
+    stage2 = CLaSPModule(
+        text=TextConfig(model="tiny-random", freeze=True),
+        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
+        graph=TINY_GRAPH,
+        heads=HeadsConfig(embed_dim=16),
+        loss=LossConfig(kind="cosface", scale=10.0, margin=0.1),
+        init_from=str(tmp_path / "stage1.ckpt"),
+    )
+    for name, tensor in stage1.state_dict().items():
+        if not name.startswith("loss_fn."):
+            assert torch.equal(tensor, stage2.state_dict()[name]), name
+    assert stage2.loss_fn.logit_scale_value == pytest.approx(10.0)
+
+
+def test_init_from_a_mismatched_checkpoint_names_the_tensors(tmp_path):
+    other = tiny_module(TextConfig(model="tiny-random"), crystal_hidden=[8])
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="crystal_head.mlp") as error:
+        CLaSPModule(
+            text=TextConfig(model="tiny-random"),
+            crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
+            graph=TINY_GRAPH,
+            heads=HeadsConfig(embed_dim=16),
+            init_from=str(tmp_path / "other.ckpt"),
+        )
+    assert "not in this model" in str(error.value) or "shape of" in str(error.value)
+
+
+def test_composition_only_tower_trains_on_descriptors(records_file, tmp_path):
+    dm = data_module(
+        records_file,
+        tmp_path,
+        TextConfig(model="tiny-random", freeze=True),
+        composition_features=True,
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["composition_features"].shape == (16, 333)
+    fractions = batch["composition_features"][:, :100].sum(1)
+    torch.testing.assert_close(fractions, torch.ones(16))
+    module = CLaSPModule(
+        text=TextConfig(model="tiny-random", freeze=True),
+        heads=HeadsConfig(embed_dim=16),
+        crystal_encoder="composition",
+    )
+    crystal, text = module(batch)
+    module.loss_fn(crystal, text, batch["group_ids"]).backward()
+    assert crystal.shape == (16, 16)
+    assert module.crystal_tower.mlp[0].weight.grad is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -28,6 +29,19 @@ class CLaSPCLI(LightningCLI):
         for name in GraphConfig.__dataclass_fields__:
             parser.link_arguments(f"data.graph.{name}", f"model.graph.{name}")
 
+    def before_instantiate_classes(self) -> None:
+        """Checkpoints without a ``dirpath`` go to ``<save_dir>/<run name>/checkpoints``: one
+        fixed folder per run name (not per TensorBoard version), so ``--ckpt_path last``
+        finds the previous run's ``last.ckpt`` and runs of different names never collide."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.get("logger")
+        if not logger or not hasattr(logger, "init_args"):
+            return
+        folder = Path(logger.init_args.save_dir) / logger.init_args.name / "checkpoints"
+        for callback in config.trainer.get("callbacks") or []:
+            if callback.class_path.endswith("ModelCheckpoint") and not callback.init_args.dirpath:
+                callback.init_args.dirpath = str(folder)
+
 
 def lightning_main(argv: list[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` + options)."""
@@ -41,6 +55,8 @@ def lightning_main(argv: list[str] | None) -> None:
 
 SUBCOMMANDS = {
     "data": "clasp_pl.data.commands",
+    "eval": "clasp_pl.evaluation.evaluate",
+    "convert-official": "clasp_pl.convert_official",
 }
 
 

@@ -1,10 +1,15 @@
-"""``clasp data`` sub-commands: ``ingest`` (CIF folder or table) and ``build-default`` (AMCSD).
+"""``clasp data`` sub-commands: ``ingest`` (CIF folder or table), ``build-default`` (AMCSD) and
+``keywords`` (offline keyword captions).
 
 Usage::
 
     python -m clasp_pl.data.commands ingest --cifs cod/cif --metadata meta.jsonl --out data/user/cod.jsonl.gz
+    python -m clasp_pl.data.commands ingest --cifs COD/cif --cod-table cod_metadata.csv \
+        --abstracts retrieved_abstract.csv --out data/user/cod.jsonl.gz
     python -m clasp_pl.data.commands ingest --table perov_5/val.csv --out data/user/perov_val.jsonl.gz
     python -m clasp_pl.data.commands build-default --db amcsd_cif1.db --out data/amcsd_default.jsonl.gz
+    python -m clasp_pl.data.commands keywords --records data/amcsd_default.jsonl.gz \
+        --out data/amcsd_default.keywords.json
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from clasp_pl.data.amcsd import build_default
 from clasp_pl.data.cif import DEFAULT_MAX_ATOMS
 from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table
+from clasp_pl.data.keywords import DEFAULT_MAX_KEYWORDS, keywords_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--cifs", help="folder of CIF files, walked recursively")
     source.add_argument("--table", help="CSV or JSONL table with a cif or path column")
     ingest.add_argument("--metadata", help="JSONL of title/abstract/keywords/year by id or doi")
+    ingest.add_argument(
+        "--cod-table", help="COD 'data' table CSV (file, title, doi...): --cifs is its mirror"
+    )
+    ingest.add_argument("--abstracts", help="CSV of DOI, File (COD id), Title, Abstract")
     ingest.add_argument("--out", required=True, help="records file (.jsonl.gz)")
     ingest.add_argument("--rejects", help="rejects JSONL (default: <out>.rejects.jsonl)")
     ingest.add_argument("--reader", choices=("gemmi", "pymatgen"), default="gemmi")
@@ -40,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--db", help="amcsd_cif1.db (default: the installed larixite's)")
     default.add_argument("--out", default="data/amcsd_default.jsonl.gz")
     _common(default)
+
+    keywords = commands.add_parser(
+        "keywords", help="records → {id: [keywords]} JSON (offline YAKE stand-in for LLM keywords)"
+    )
+    keywords.add_argument("--records", required=True, help="records file (.jsonl.gz)")
+    keywords.add_argument("--out", required=True, help="keywords JSON")
+    keywords.add_argument("--max", dest="max_keywords", type=int, default=DEFAULT_MAX_KEYWORDS)
+    keywords.add_argument(
+        "--generic-terms", help="file of generic terms to drop, one per line (replaces the default)"
+    )
+    keywords.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
@@ -52,6 +73,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a ``clasp data`` sub-command; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "keywords":
+        counts = keywords_command(
+            args.records,
+            args.out,
+            max_keywords=args.max_keywords,
+            generic_terms_file=args.generic_terms,
+            progress=args.progress,
+        )
+        print(
+            f"keywords for {counts['ids']} of {counts['records']} records "
+            f"({counts['empty']} with none left) → {counts['out']}"
+        )
+        return 0
     if args.command == "build-default":
         try:
             summary = build_default(
@@ -64,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    elif args.table and (args.metadata or args.cod_table or args.abstracts):
+        print("error: --metadata, --cod-table and --abstracts go with --cifs", file=sys.stderr)
+        return 2
     else:
         summary = _ingest(args)
     print(format_summary(summary))
@@ -82,7 +119,14 @@ def _ingest(args: argparse.Namespace) -> dict[str, Any]:
         rejects=args.rejects, options=options, workers=args.workers, progress=args.progress
     )
     if args.cifs:
-        return ingest_folder(args.cifs, args.out, metadata=args.metadata, **common)
+        return ingest_folder(
+            args.cifs,
+            args.out,
+            metadata=args.metadata,
+            cod_table=args.cod_table,
+            abstracts=args.abstracts,
+            **common,
+        )
     return ingest_table(args.table, args.out, **common)
 
 

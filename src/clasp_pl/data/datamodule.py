@@ -10,18 +10,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clasp_pl.data.cache import ArrayStore
+from clasp_pl.config_utils import as_config
+from clasp_pl.data.cache import ArrayStore, file_fingerprint
 from clasp_pl.data.featurize import (
+    build_composition_store,
     build_graph_store,
     build_text_feature_store,
     build_token_store,
 )
 from clasp_pl.data.graphs import GraphConfig
-from clasp_pl.data.records import iter_record_lines
+from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig, load_tokenizer
+from clasp_pl.training import ResumableDataLoader
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
 
@@ -34,11 +37,11 @@ class CrystalTextDataset(Dataset):
         graphs: ArrayStore,
         tokens: ArrayStore,
         item_ids: np.ndarray,
-        text_features: ArrayStore | None = None,
+        per_record: dict[str, ArrayStore] | None = None,
     ):
         self.graphs = graphs
         self.tokens = tokens
-        self.text_features = text_features
+        self.per_record = per_record or {}
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -49,8 +52,8 @@ class CrystalTextDataset(Dataset):
         sample = dict(self.graphs[item_id])
         record_index = int(sample["record_index"][0])
         sample["input_ids"] = self.tokens[record_index]["input_ids"]
-        if self.text_features is not None:
-            sample["text_features"] = self.text_features[record_index]["features"]
+        for name, store in self.per_record.items():
+            sample[name] = store[record_index]["features"]
         sample["item_id"] = np.array([item_id], np.int64)
         return sample
 
@@ -64,7 +67,8 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
         ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
         ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
         position, unique per sample: used to drop DistributedSampler's padding duplicates),
-        and ``text_features [B, H]`` when the samples carry cached frozen text-tower outputs.
+        and, when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower
+        outputs) and ``composition_features [B, 333]`` (composition-only baseline).
     """
     atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
     atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
@@ -73,7 +77,7 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
     lengths = [len(s["input_ids"]) for s in samples]
     input_ids = np.full((len(samples), max(lengths)), pad_token_id, dtype=np.int64)
     attention_mask = np.zeros_like(input_ids)
-    for row, (sample, length) in enumerate(zip(samples, lengths, strict=False)):
+    for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
         input_ids[row, :length] = sample["input_ids"]
         attention_mask[row, :length] = 1
 
@@ -93,8 +97,9 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
         "record_index": cat("record_index"),
         "item_id": cat("item_id"),
     }
-    if "text_features" in samples[0]:
-        batch["text_features"] = cat("text_features", np.float32)
+    for name in ("text_features", "composition_features"):
+        if name in samples[0]:
+            batch[name] = cat(name, np.float32)
     return batch
 
 
@@ -107,6 +112,11 @@ class CrystalTextDataModule(L.LightningDataModule):
         text: text model settings, linked to the model's by the CLI: its tokenizer is used, and
             a frozen tower's pooled outputs are cached once when ``cache_text_features``.
         cache_text_features: for a frozen text tower, feed cached features instead of tokens.
+        composition_features: also serve composition/symmetry descriptors (for the
+            composition-only baseline tower, ``model.crystal_encoder: composition``).
+        keywords: JSON of keywords per record id (``clasp data keywords`` or the official
+            keyword-caption release), applied to the records; add ``keywords`` to
+            ``caption_fields`` to train on keyword captions (stage 2 of the paper's recipe).
         caption_fields: record fields joined into the caption.
         max_length: caption truncation in tokens.
         graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
@@ -124,6 +134,8 @@ class CrystalTextDataModule(L.LightningDataModule):
         cache_dir: str = "data/cache",
         text: TextConfig = TextConfig(),
         cache_text_features: bool = True,
+        composition_features: bool = False,
+        keywords: str | None = None,
         caption_fields: list[str] = None,
         max_length: int = 256,
         graph: GraphConfig = GraphConfig(),
@@ -137,6 +149,7 @@ class CrystalTextDataModule(L.LightningDataModule):
         if caption_fields is None:
             caption_fields = list(CAPTION_FIELDS)
         super().__init__()
+        self.save_hyperparameters()  # stored in checkpoints: evaluation rebuilds the same split
         self.records = Path(records)
         if not self.records.is_file():
             raise FileNotFoundError(
@@ -144,11 +157,13 @@ class CrystalTextDataModule(L.LightningDataModule):
                 "or run from the repository root to use the embedded default"
             )
         self.cache_root = Path(cache_dir) / f"{self.records.name.split('.')[0]}"
-        self.text = text
+        self.text = as_config(TextConfig, text)
         self.cache_text_features = cache_text_features
+        self.composition_features = composition_features
+        self.keywords = keywords
         self.caption_fields = list(caption_fields)
         self.max_length = max_length
-        self.graph = graph
+        self.graph = as_config(GraphConfig, graph)
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.batch_size = batch_size
@@ -162,10 +177,30 @@ class CrystalTextDataModule(L.LightningDataModule):
     def uses_text_features(self) -> bool:
         return self.text.freeze and self.cache_text_features
 
-    def _build(self) -> tuple[ArrayStore, ArrayStore, ArrayStore | None]:
+    def _record_lines(self) -> tuple[list[str], str, str]:
+        """The records (with the keywords file applied) as JSON lines, the fingerprint of the
+        structures (records file) and that of the text (records file + keywords file)."""
         lines = list(iter_record_lines(self.records))
+        structures = source = file_fingerprint(self.records)
+        if self.keywords:
+            from clasp_pl.data.keywords import apply_keywords, load_keyword_captions
+
+            mapping, _stats = load_keyword_captions(self.keywords)
+            records = apply_keywords([CrystalRecord.from_json(line) for line in lines], mapping)
+            lines = [record.to_json() for record in records]
+            source += ":" + file_fingerprint(self.keywords)
+        return lines, structures, source
+
+    def _build(self) -> tuple[ArrayStore, ArrayStore, dict[str, ArrayStore]]:
+        lines, structure_source, text_source = self._record_lines()
+        structure_args = {"lines": lines, "source": structure_source}
+        text_args = {"lines": lines, "source": text_source}
         graphs, rejects = build_graph_store(
-            self.records, self.cache_root / "graphs", self.graph, self.prepare_workers, lines=lines
+            self.records,
+            self.cache_root / "graphs",
+            self.graph,
+            self.prepare_workers,
+            **structure_args,
         )
         for reject in rejects:
             print(
@@ -177,19 +212,26 @@ class CrystalTextDataModule(L.LightningDataModule):
             self.text.model,
             self.caption_fields,
             self.max_length,
-            lines=lines,
+            **text_args,
         )
-        features = None
+        per_record = {}
         if self.uses_text_features:
-            features = build_text_feature_store(
+            per_record["text_features"] = build_text_feature_store(
                 self.records,
                 self.cache_root / "text_features",
                 TextTower(self.text),
                 self.caption_fields,
                 self.max_length,
-                lines=lines,
+                **text_args,
             )
-        return graphs, tokens, features
+        if self.composition_features:
+            per_record["composition_features"] = build_composition_store(
+                self.records,
+                self.cache_root / "composition",
+                workers=self.prepare_workers,
+                **structure_args,
+            )
+        return graphs, tokens, per_record
 
     def prepare_data(self) -> None:
         """Build the caches once (rank 0 of each node); later runs reuse them."""
@@ -198,7 +240,7 @@ class CrystalTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        graphs, tokens, features = self._build()  # caches exist by now: this only opens them
+        graphs, tokens, per_record = self._build()  # caches exist by now: this only opens them
         self.pad_token_id = load_tokenizer(self.text.model).pad_token_id or 0
         record_index = graphs.field("record_index")
         has_text = tokens.lengths("input_ids")[record_index] > 2  # more than [CLS] [SEP]
@@ -206,20 +248,19 @@ class CrystalTextDataModule(L.LightningDataModule):
             print(f"{(~has_text).sum()} structures have no caption text and are left out of pairs")
         parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
         self.datasets = {
-            name: CrystalTextDataset(graphs, tokens, ids[has_text[ids]], features)
+            name: CrystalTextDataset(graphs, tokens, ids[has_text[ids]], per_record)
             for name, ids in parts.items()
         }
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            collate_fn=self._collate,
-            persistent_workers=self.num_workers > 0,
-        )
+        options = {
+            "num_workers": self.num_workers,
+            "collate_fn": self._collate,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if train:  # full batches in an order set by (seed, epoch), resumable mid-epoch
+            return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
+        return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
 
     def _collate(self, samples: Sequence[dict]) -> dict:
         return collate_pairs(samples, self.pad_token_id)

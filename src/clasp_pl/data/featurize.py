@@ -1,14 +1,18 @@
 """Records -> cached tensors: crystal graphs and caption token ids, in resumable shards.
 
-Two stores are built per dataset, each keyed by exactly what it depends on, so changing the
-tokenizer does not recompute graphs and changing the cutoff does not re-tokenize:
+Each store is keyed by exactly what it depends on, so changing the tokenizer does not recompute
+graphs and changing the cutoff does not re-tokenize. The ``build_*`` functions read the records
+file unless given its ``lines`` and a ``source`` fingerprint (the data module passes both, read
+once; its fingerprint also covers a keywords file applied to the records):
 
 - ``graphs/``: one item per featurizable record: ``atomic_numbers``, ``edge_src``, ``edge_dst``,
   ``edge_dist`` (Å), ``record_index`` and ``group_id`` (paper id, int64);
 - ``tokens/``: one item per record (same order as the records file): ``input_ids`` (int32,
   truncated to ``max_length``, unpadded);
 - ``text_features/`` (only for a frozen text tower): one ``[1, H]`` float32 item per record, the
-  tower's pooled output computed once in eval mode, so training steps skip the text tower.
+  tower's pooled output computed once in eval mode, so training steps skip the text tower;
+- ``composition/`` (only for the composition-only baseline): one ``[1, 333]`` descriptor per
+  record (see :mod:`clasp_pl.data.composition`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from clasp_pl.data.cache import ArrayStore, build_store, file_fingerprint
+from clasp_pl.data.composition import COMPOSITION_DIM, composition_shard
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash64
 from clasp_pl.data.text import compose_caption
@@ -68,6 +73,7 @@ def build_graph_store(
     workers: int = 1,
     shard_size: int = 2048,
     lines: list[str] | None = None,
+    source: str | None = None,
 ) -> tuple[ArrayStore, list[dict]]:
     """Build or reuse the crystal-graph store of a records file."""
     lines = list(iter_record_lines(records_path)) if lines is None else lines
@@ -77,7 +83,7 @@ def build_graph_store(
         list(enumerate(lines)),
         functools.partial(graph_shard, config),
         key=key,
-        source=file_fingerprint(records_path),
+        source=source or file_fingerprint(records_path),
         shard_size=shard_size,
         workers=workers,
         desc="crystal graphs",
@@ -113,6 +119,7 @@ def build_token_store(
     max_length: int,
     shard_size: int = 8192,
     lines: list[str] | None = None,
+    source: str | None = None,
 ) -> ArrayStore:
     """Build or reuse the caption-token store of a records file (one item per record)."""
     lines = list(iter_record_lines(records_path)) if lines is None else lines
@@ -130,7 +137,7 @@ def build_token_store(
         list(enumerate(lines)),
         _TokenShard(text_model, caption_fields, max_length),
         key=key,
-        source=file_fingerprint(records_path),
+        source=source or file_fingerprint(records_path),
         shard_size=shard_size,
         workers=1,
         desc="captions",
@@ -175,6 +182,7 @@ def build_text_feature_store(
     batch_size: int = 128,
     shard_size: int = 2048,
     lines: list[str] | None = None,
+    source: str | None = None,
 ) -> ArrayStore:
     """Build or reuse the store of a frozen text tower's pooled outputs, one ``[1, H]`` item per
     record, keyed by the tower's weights fingerprint, pooling, caption fields and max_length."""
@@ -192,9 +200,34 @@ def build_text_feature_store(
         list(enumerate(lines)),
         _TextFeatureShard(tower, caption_fields, max_length, batch_size),
         key=key,
-        source=file_fingerprint(records_path),
+        source=source or file_fingerprint(records_path),
         shard_size=shard_size,
         workers=1,
         desc="frozen text features",
+    )
+    return store
+
+
+def build_composition_store(
+    records_path: str | Path,
+    root: str | Path,
+    symprec: float = 0.1,
+    workers: int = 1,
+    shard_size: int = 2048,
+    lines: list[str] | None = None,
+    source: str | None = None,
+) -> ArrayStore:
+    """Build or reuse the store of composition/symmetry descriptors (composition-only baseline),
+    one ``[1, COMPOSITION_DIM]`` item per record."""
+    lines = list(iter_record_lines(records_path)) if lines is None else lines
+    store, _ = build_store(
+        root,
+        list(enumerate(lines)),
+        functools.partial(composition_shard, symprec),
+        key={"what": "composition-features", "dim": COMPOSITION_DIM, "symprec": symprec},
+        source=source or file_fingerprint(records_path),
+        shard_size=shard_size,
+        workers=workers,
+        desc="composition features",
     )
     return store

@@ -1,9 +1,19 @@
 """Ingestion: a folder of CIFs or a table of structures → a records file plus rejects.
 
 Input A, :func:`ingest_folder`: CIF files found recursively (the COD mirror layout
-``cif/1/00/00/1000000.cif`` works; the record id is the file stem), with an optional metadata
-JSON Lines file whose lines carry ``id`` (COD id) or ``doi`` and any of ``title``, ``abstract``,
-``keywords`` (list), ``year``; metadata wins over the CIF's own fields.
+``cif/1/00/00/1000000.cif`` works; the record id is the file stem), with optional text by id:
+
+- a metadata JSON Lines file whose lines carry ``id`` (COD id) or ``doi`` and any of ``title``,
+  ``abstract``, ``keywords`` (list), ``year``;
+- the COD metadata table as the official CLaSP pipeline downloads it (a CSV export of COD's SQL
+  ``data`` table: ``file`` is the COD id, plus ``title``, ``doi``, ``year``, ``journal``,
+  ``mineral``...). Given a table, the structures are the table's rows, in its order, read from
+  the mirror layout under the folder (``<folder>/1/00/00/1000000.cif``), not found by walking it;
+- an abstracts CSV as the official ``retrieve_abstract.py`` writes it (Crossref answers:
+  ``DOI``, ``File`` = COD id, ``Title``, ``Abstract``), joined by COD id.
+
+Metadata wins over the COD table, which wins over the abstracts CSV; all win over the CIF's own
+fields.
 
 Input B, :func:`ingest_table`: a CSV or JSON Lines table with a ``cif`` column (CIF text) or a
 ``path`` column (relative to the table's folder), an ``id`` column (else ``material_id``, else
@@ -21,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +57,9 @@ from clasp_pl.data.records import CrystalRecord, write_records
 T = TypeVar("T")
 TEXT_COLUMNS = ("title", "abstract", "keywords", "doi")
 _NOT_META = {"", "id", "material_id", "cif", "path", "year", *TEXT_COLUMNS}
+COD_META_COLUMNS = ("journal", "mineral")
+_MARKUP = re.compile(r"<[^>]+>")
+_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -82,27 +96,32 @@ def ingest_folder(
     out: str | Path,
     *,
     metadata: str | Path | None = None,
+    cod_table: str | Path | None = None,
+    abstracts: str | Path | None = None,
     rejects: str | Path | None = None,
     options: IngestOptions = IngestOptions(),
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Ingest every ``*.cif`` under ``folder`` (recursively, sorted by path) into ``out``.
+    """Ingest every ``*.cif`` under ``folder`` (recursively, sorted by path) into ``out``, or,
+    given a COD table, the table's rows from the COD mirror at ``folder``.
 
     Returns:
         The summary of :func:`run_jobs`.
     """
     by_id, by_doi = load_metadata(metadata) if metadata else ({}, {})
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() == ".cif")
-    jobs = [
-        Job(
-            id=path.stem,
-            source=str(path),
-            path=str(path),
-            text=by_id.get(path.stem, {}),
-        )
-        for path in paths
-    ]
+    cod = load_cod_table(cod_table) if cod_table else {}
+    crossref = load_abstracts(abstracts) if abstracts else {}
+    if cod_table:
+        paths = [cod_mirror_path(folder, cod_id) for cod_id in cod]
+    else:
+        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() == ".cif")
+    jobs = []
+    for path in paths:
+        sources = (crossref.get(path.stem, {}), cod.get(path.stem, {}), by_id.get(path.stem, {}))
+        text = {key: value for entry in sources for key, value in entry.items() if value}
+        meta = {key: text.pop(key) for key in COD_META_COLUMNS if key in text}
+        jobs.append(Job(id=path.stem, source=str(path), path=str(path), text=text, meta=meta))
     return run_jobs(
         jobs, out, rejects, options, workers=workers, progress=progress, metadata_by_doi=by_doi
     )
@@ -137,6 +156,46 @@ def load_metadata(path: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
             if entry.get("doi"):
                 by_doi[str(entry["doi"]).strip().lower()] = entry
     return by_id, by_doi
+
+
+def cod_mirror_path(root: str | Path, cod_id: str) -> Path:
+    """Where a COD mirror keeps a CIF: ``1000041`` -> ``<root>/1/00/00/1000041.cif``."""
+    return Path(root) / cod_id[0] / cod_id[1:3] / cod_id[3:5] / f"{cod_id}.cif"
+
+
+def _cod_id(value: Any) -> str:
+    """A COD id as text: ``1000041``, also from ``1000041.0`` (a float column in a CSV)."""
+    text = str(value).strip()
+    return text.removesuffix(".0") if text.removesuffix(".0").isdigit() else text
+
+
+def load_cod_table(path: str | Path) -> dict[str, dict[str, str]]:
+    """Text and meta columns of a COD ``data`` table CSV by COD id, in table order.
+
+    Returns:
+        ``{cod_id: {"title", "doi", "year", "journal", "mineral"}}`` (the columns present).
+    """
+    table: dict[str, dict[str, str]] = {}
+    for row in _table_rows(Path(path)):
+        if row.get("file"):
+            columns = ("title", "doi", "year", *COD_META_COLUMNS)
+            table[_cod_id(row["file"])] = {key: row[key] for key in columns if row.get(key)}
+    return table
+
+
+def load_abstracts(path: str | Path) -> dict[str, dict[str, str]]:
+    """Crossref titles and abstracts (``DOI``, ``File``, ``Title``, ``Abstract``) by COD id;
+    the JATS markup of Crossref abstracts (``<jats:p>``) is removed."""
+    abstracts: dict[str, dict[str, str]] = {}
+    for row in _table_rows(Path(path)):
+        if row.get("File"):
+            abstract = _MARKUP.sub(" ", row.get("Abstract") or "")
+            abstracts[_cod_id(row["File"])] = {
+                "doi": row.get("DOI"),
+                "title": row.get("Title"),
+                "abstract": _SPACES.sub(" ", abstract).strip(),
+            }
+    return abstracts
 
 
 def table_jobs(table: str | Path) -> Iterator[Job]:

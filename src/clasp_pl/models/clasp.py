@@ -13,6 +13,7 @@ from clasp_pl.config_utils import as_config
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
+from clasp_pl.models.composition import CompositionMLP
 from clasp_pl.models.heads import ProjectionHead
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig
@@ -82,6 +83,8 @@ class CLaSPModule(L.LightningModule):
         heads: HeadsConfig = HeadsConfig(),
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
+        crystal_encoder: Literal["cgcnn", "composition"] = "cgcnn",
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -95,7 +98,10 @@ class CLaSPModule(L.LightningModule):
             as_config(LossConfig, loss),
             as_config(OptimConfig, optim),
         )
-        self.crystal_tower = CGCNN(crystal, graph)
+        if crystal_encoder == "composition":  # baseline: needs data.composition_features=true
+            self.crystal_tower = CompositionMLP(crystal.h_fea_len)
+        else:
+            self.crystal_tower = CGCNN(crystal, graph)
         self.text_tower = TextTower(text)
         head_args = {"batch_norm": heads.batch_norm, "dropout": heads.dropout}
         self.crystal_head = ProjectionHead(
@@ -106,10 +112,41 @@ class CLaSPModule(L.LightningModule):
         )
         self.loss_fn = ContrastiveLoss(**asdict(loss))
         self.optim = optim
+        if init_from:
+            self.load_tower_and_head_weights(init_from)
+
+    def load_tower_and_head_weights(self, ckpt: str) -> None:
+        """Start from another run's towers and heads (e.g. stage 1 for stage-2 keyword
+        fine-tuning). Unlike ``--ckpt_path`` (which resumes a run), the optimizer, schedule and
+        step count start fresh, and the loss's own scale/bias are those of this run's loss.
+
+        Raises:
+            ValueError: naming every tensor that is missing, unexpected or of another shape.
+        """
+        source = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("loss_fn.")}
+        source = {k: v for k, v in source.items() if not k.startswith("loss_fn.")}
+        problems = [f"missing in {ckpt}: {k}" for k in own.keys() - source.keys()]
+        problems += [f"not in this model: {k}" for k in source.keys() - own.keys()]
+        problems += [
+            f"shape of {k}: {tuple(source[k].shape)} in {ckpt}, {tuple(v.shape)} here"
+            for k, v in own.items()
+            if k in source and source[k].shape != v.shape
+        ]
+        if problems:
+            raise ValueError(f"cannot initialise from {ckpt}:\n  " + "\n  ".join(sorted(problems)))
+        self.load_state_dict(source, strict=False)
 
     # ----------------------------------------------------------------- embeddings
     def encode_crystals(self, batch: dict) -> torch.Tensor:
         """Crystal embeddings ``[B, embed_dim]`` of a collated batch."""
+        if isinstance(self.crystal_tower, CompositionMLP):
+            if "composition_features" not in batch:
+                raise KeyError(
+                    "the composition-only tower needs data.composition_features=true "
+                    "(conf/model/composition.yaml sets it)"
+                )
+            return self.crystal_head(self.crystal_tower(batch["composition_features"]))
         features = self.crystal_tower(
             batch["atomic_numbers"],
             batch["edge_src"],
