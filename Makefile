@@ -13,6 +13,7 @@ DEVICES  ?=
 CKPT     ?=
 SPLIT    ?= test
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -48,6 +49,12 @@ slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit
 
 eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default newest; SPLIT=test|val)
 	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)
+
+finetune: install  ## fine-tune the pretrained crystal encoder on a property (CONFIG=conf/finetune_crystal_system.yaml ARGS="--model.init_from null")
+	$(BIN)/clasp finetune fit --config $(or $(CONFIG),conf/finetune.yaml) $(ARGS)
+
+bench: install  ## run the benchmarks and write bench/results.md (BENCH_ARGS=--quick for a smoke run)
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 test: install  ## run the test suite (PYTEST_ARGS="-m 'not ddp'" to narrow it)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -208,6 +208,20 @@ def test_build_default_tiny(tiny_db: Path, tmp_path: Path) -> None:
     assert (tmp_path / "default.sha256").read_text().split()[0] == digest
 
 
+def test_book_imprint_is_not_a_title(tiny_db: Path, tmp_path: Path) -> None:
+    connection = sqlite3.connect(tiny_db)
+    connection.execute(
+        "UPDATE cif SET pub_title = ? WHERE id = 1",
+        (" Second edition. Interscience Publishers, New York, New York\n rocksalt structure",),
+    )
+    connection.commit()
+    connection.close()
+    out = tmp_path / "default.jsonl.gz"
+    summary = build_default(tiny_db, out, progress=False)
+    assert summary["rejected"] == {"unknown_element": 1, "missing_text": 1}
+    assert "book imprint" in (tmp_path / "default.rejects.jsonl").read_text()
+
+
 def test_build_default_command(tiny_db: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli.jsonl.gz"
     assert main(["build-default", "--db", str(tiny_db), "--out", str(out), "--no-progress"]) == 0
@@ -228,8 +242,9 @@ def test_missing_larixite_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) 
 
 def test_committed_default_dataset() -> None:
     records = list(iter_records(DEFAULT))
-    assert len(records) >= 9000
+    assert len(records) >= 8500
     assert all(record.title.strip() for record in records)
+    assert not [r.id for r in records if "Interscience Publishers" in r.title]  # book imprints
     assert not [r.id for r in records if "Note:" in r.title or "_cod_database_code" in r.title]
     assert all(0 < record.num_sites <= 200 for record in records)
     groups = collections.Counter(record.group for record in records)

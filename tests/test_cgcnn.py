@@ -6,31 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from clasp_pl.data.datamodule import collate_pairs
+from clasp_pl.data.datamodule import collate_graphs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.models import scatter
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from conftest import TINY_GRAPH, first_records
 
 
-def as_sample(structure, group=0):
-    graph = structure_to_graph(structure, TINY_GRAPH)
-    return {
-        "atomic_numbers": graph.atomic_numbers,
-        "edge_src": graph.edge_src,
-        "edge_dst": graph.edge_dst,
-        "edge_dist": graph.edge_dist,
-        "group_id": np.array([group]),
-        "record_index": np.array([0]),
-        "item_id": np.array([0]),
-        "input_ids": np.array([101, 102]),
-    }
-
-
 def encode(model, structures):
-    batch = collate_pairs([as_sample(s) for s in structures])
-    keys = ("atomic_numbers", "edge_src", "edge_dst", "edge_dist", "crystal_index", "num_crystals")
-    return model(*(batch[k] for k in keys))
+    return model(collate_graphs([vars(structure_to_graph(s, TINY_GRAPH)) for s in structures]))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clasp_pl.cli import main
-from clasp_pl.evaluation.evaluate import evaluate, lexical_ranks, newest_checkpoint
+from clasp_pl.evaluation.evaluate import evaluate, hybrid_ranks, lexical_scores, newest_checkpoint
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -67,12 +67,15 @@ def test_eval_writes_table_with_baselines_and_plots(trained_run):
     out = trained_run / "eval"
     report = evaluate(ckpt, "test", out, REPO / "conf/eval/amcsd_keywords.yaml")
     methods = report["methods"]
+    alpha = report["hybrid_alpha"]
     assert set(methods) == {
         "CLaSP (this checkpoint)",
         "untrained (same architecture)",
         "lexical (formulas/elements in text)",
         "random (expected)",
+        f"hybrid: CLaSP + {alpha:g} x lexical (α from val)",
     }
+    assert (ckpt.parent / "alpha.json").is_file()
     for metrics in methods.values():
         assert 0.0 <= metrics["t2s_pair_R@1"] <= metrics["t2s_pair_R@10"] <= 1.0
         assert metrics["t2s_pair_R@10"] <= metrics["t2s_group_R@10"] + 1e-9
@@ -108,5 +111,5 @@ def test_lexical_baseline_ranks_a_formula_title_first():
         record(2, ["Na", "Cl"], "The structure of a salt"),
     ]
     split = SplitEmbeddings(torch.zeros(3, 1), torch.zeros(3, 1), torch.arange(3), records)
-    pair, _ = lexical_ranks(split, ["title"])["t2s"]
+    pair, _ = hybrid_ranks(split, lexical_scores(split, ["title"]), 1.0, learned=False)["t2s"]
     assert pair[:2].tolist() == [1, 1]

@@ -2,7 +2,9 @@
 
 - ``clasp fit|validate|test --config conf/...yaml`` trains or evaluates with LightningCLI;
 - ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records;
-- ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search.
+- ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
+- ``clasp finetune``: property prediction from the pretrained crystal encoder;
+- ``clasp convert-official CKPT OUT``: a checkpoint of the authors' code as a clasp_pl one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ SUBCOMMANDS = {
     "data": "clasp_pl.data.commands",
     "eval": "clasp_pl.evaluation.evaluate",
     "convert-official": "clasp_pl.convert_official",
+    "finetune": "clasp_pl.finetune_cli",
+    "embed": "clasp_pl.search.commands:embed_main",
+    "search": "clasp_pl.search.commands:search_main",
 }
 
 
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in SUBCOMMANDS:
-        return importlib.import_module(SUBCOMMANDS[words[0]]).main(words[1:]) or 0
+        module, _, function = SUBCOMMANDS[words[0]].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(words[1:]) or 0
     lightning_main(argv)
     return 0
 

@@ -65,6 +65,11 @@ _STRUCTURE_TYPE = re.compile(r"(?:[\w\-]+,?\s){1,4}structure", re.IGNORECASE)
 _FUNCTION_WORDS = frozenset(
     "of the and in with from to for a an on at by des de et und der die von".split()
 )
+# A "title" that is a book's imprint, not a paper title: Wyckoff's *Crystal Structures* (2nd ed.)
+# entries carry "Second edition. Interscience Publishers, New York, New York" (748 structures).
+_IMPRINT = re.compile(
+    r"^(?:first|second|third|\d+(?:st|nd|rd|th))\s+edition\b|publishers?\b", re.IGNORECASE
+)
 WRAP_WIDTH = 66  # characters: a line this long with the next word did not fit, so it was wrapped
 
 
@@ -320,6 +325,13 @@ def row_to_record(row: AmcsdRow, *, max_atoms: int = 200) -> CrystalRecord | Rej
     title, conditions = split_title(row.title)
     if not title:
         return Reject(f"amcsd:{row.id}", record_id, "missing_text", f"{record_id}: no title")
+    if _IMPRINT.search(title):
+        return Reject(
+            f"amcsd:{row.id}",
+            record_id,
+            "missing_text",
+            f"{record_id}: the title field holds a book imprint ({title!r}), not a paper title",
+        )
     record = CrystalRecord.from_structure(
         record_id,
         parsed.structure,

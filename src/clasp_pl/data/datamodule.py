@@ -58,48 +58,56 @@ class CrystalTextDataset(Dataset):
         return sample
 
 
-def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 0) -> dict:
-    """Stack samples into one batch (PyG-style: atoms concatenated, edges offset).
+def _concat(samples: Sequence[dict[str, np.ndarray]], name: str, dtype=np.int64) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
 
-    Returns a dict with
-        ``atomic_numbers [N]``, ``edge_src [E]``, ``edge_dst [E]`` (batch atom indices),
-        ``edge_dist [E]`` (Å), ``crystal_index [N]``, ``num_crystals`` (int B),
-        ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
-        ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
-        position, unique per sample: used to drop DistributedSampler's padding duplicates),
-        and, when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower
-        outputs) and ``composition_features [B, 333]`` (composition-only baseline).
+
+def collate_graphs(samples: Sequence[dict[str, np.ndarray]]) -> dict:
+    """Stack crystal graphs into one batch (PyG-style: atoms concatenated, edges offset).
+
+    Each sample needs ``atomic_numbers``, ``edge_src``, ``edge_dst`` and ``edge_dist``. Returns
+    ``atomic_numbers [N]``, ``edge_src [E]``, ``edge_dst [E]`` (batch atom indices),
+    ``edge_dist [E]`` (Å), ``crystal_index [N]`` (crystal of each atom) and ``num_crystals`` (B).
     """
     atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
     atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
     edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
-    edge_offset = np.repeat(atom_offsets, edges_per_crystal)
+    edge_offset = torch.from_numpy(np.repeat(atom_offsets, edges_per_crystal))
+    return {
+        "atomic_numbers": _concat(samples, "atomic_numbers"),
+        "edge_src": _concat(samples, "edge_src") + edge_offset,
+        "edge_dst": _concat(samples, "edge_dst") + edge_offset,
+        "edge_dist": _concat(samples, "edge_dist", np.float32),
+        "crystal_index": torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
+        "num_crystals": len(samples),
+    }
+
+
+def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 0) -> dict:
+    """Stack (graph, caption) samples into one batch: :func:`collate_graphs`'s keys plus
+    ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
+    ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
+    position, unique per sample: used to drop DistributedSampler's padding duplicates), and,
+    when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower outputs)
+    and ``composition_features [B, 333]`` (composition-only baseline).
+    """
     lengths = [len(s["input_ids"]) for s in samples]
     input_ids = np.full((len(samples), max(lengths)), pad_token_id, dtype=np.int64)
     attention_mask = np.zeros_like(input_ids)
     for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
         input_ids[row, :length] = sample["input_ids"]
         attention_mask[row, :length] = 1
-
-    def cat(name: str, dtype=np.int64) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
-
     batch = {
-        "atomic_numbers": cat("atomic_numbers"),
-        "edge_src": cat("edge_src") + torch.from_numpy(edge_offset),
-        "edge_dst": cat("edge_dst") + torch.from_numpy(edge_offset),
-        "edge_dist": cat("edge_dist", np.float32),
-        "crystal_index": torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
-        "num_crystals": len(samples),
+        **collate_graphs(samples),
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
-        "group_ids": cat("group_id"),
-        "record_index": cat("record_index"),
-        "item_id": cat("item_id"),
+        "group_ids": _concat(samples, "group_id"),
+        "record_index": _concat(samples, "record_index"),
+        "item_id": _concat(samples, "item_id"),
     }
     for name in ("text_features", "composition_features"):
         if name in samples[0]:
-            batch[name] = cat(name, np.float32)
+            batch[name] = _concat(samples, name, np.float32)
     return batch
 
 

@@ -5,7 +5,9 @@ split, and writes into ``OUT`` (default: ``<run>/eval-<split>/``):
 
 - ``metrics.json`` and ``metrics.md``: text→structure and structure→text pair/group Recall@k and
   median rank for the model and, on the same split, the baselines (random ranking, analytic; the
-  same architecture untrained; lexical formula/element matching);
+  same architecture untrained; lexical formula/element matching; the composition-only tower when
+  its checkpoint exists) and the hybrid score cosine + α·lexical, α chosen on the validation
+  split and stored as ``alpha.json`` next to the checkpoint (``clasp search`` uses it);
 - ``recall_at_k.png``: Recall@k curves, both directions, model vs baselines;
 - ``embedding_map_crystal_system.png`` / ``embedding_map_keywords.png``: t-SNE maps of the
   structure embeddings coloured by crystal system and by keyword category;
@@ -36,10 +38,12 @@ from clasp_pl.evaluation.metrics import (
 )
 from clasp_pl.evaluation.screening import keyword_labels, keyword_scores, keyword_screening
 from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.search.hybrid import choose_alpha, save_alpha
 from clasp_pl.search.lexical import LexicalIndex
 from clasp_pl.text_models import load_tokenizer
 
 DEFAULT_KEYWORDS = Path("conf/eval/amcsd_keywords.yaml")
+DEFAULT_COMPOSITION_CKPT = Path("runs/composition/checkpoints/last.ckpt")
 TABLE_KEYS = (
     "pair_R@1",
     "pair_R@5",
@@ -132,19 +136,37 @@ def summarise(ranks: dict[str, tuple[torch.Tensor, torch.Tensor]], ks: Sequence[
     return out
 
 
-def lexical_ranks(split: SplitEmbeddings, caption_fields: Sequence[str]) -> dict:
-    """Ranks when the only score is the lexical formula/element match of caption vs structure."""
+def lexical_scores(split: SplitEmbeddings, caption_fields: Sequence[str]) -> torch.Tensor:
+    """``[N texts, N structures]`` formula/element match of each caption with each structure."""
     captions = [compose_caption(r, caption_fields) for r in split.records]
-    lexical = LexicalIndex([r.composition for r in split.records])
-    scores = lexical.scores(captions)  # [N texts, N structures]
-    zeros = torch.zeros(len(captions), 1)
+    return LexicalIndex([r.composition for r in split.records]).scores(captions)
+
+
+def hybrid_ranks(
+    split: SplitEmbeddings, lexical: torch.Tensor, alpha: float, learned: bool = True
+) -> dict:
+    """Ranks for score = cosine + ``alpha`` x lexical (``learned=False``: lexical alone)."""
+    if learned:
+        crystal, text = split.crystal, split.text
+    else:
+        crystal = text = torch.zeros(len(lexical), 1)
     return ranks_both_ways(
-        zeros,
-        zeros,
+        crystal,
+        text,
         split.groups,
-        extra_t2s=lambda rows: scores[rows],
-        extra_s2t=lambda rows: scores.T[rows],
+        extra_t2s=lambda rows: alpha * lexical[rows],
+        extra_s2t=lambda rows: alpha * lexical.T[rows],
     )
+
+
+def choose_hybrid_alpha(
+    model: CLaSPModule, datamodule: CrystalTextDataModule
+) -> tuple[float, dict[float, float]]:
+    """α of the hybrid score with the best validation text→structure group R@10."""
+    val = embed_split(model, datamodule, "val")
+    captions = [compose_caption(r, datamodule.caption_fields) for r in val.records]
+    lexical = LexicalIndex([r.composition for r in val.records])
+    return choose_alpha(val.text, val.crystal, captions, lexical, val.groups)
 
 
 @torch.no_grad()
@@ -184,6 +206,15 @@ def screening(
     return result, balanced, labels, keyword_scores(split.crystal, prompts)
 
 
+def baseline_ranks(ckpt: Path, reference: SplitEmbeddings, split: str, device: str) -> dict:
+    """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split."""
+    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
+    embeddings = embed_split(model, load_datamodule(ckpt), split)
+    if [r.id for r in embeddings.records] != [r.id for r in reference.records]:
+        raise ValueError(f"{ckpt} was trained on another split or dataset; cannot compare")
+    return ranks_both_ways(embeddings.crystal, embeddings.text, embeddings.groups)
+
+
 def evaluate(
     ckpt: Path,
     split: str = "test",
@@ -192,6 +223,7 @@ def evaluate(
     ks: Sequence[int] = (1, 5, 10),
     device: str = "cpu",
     seed: int = 0,
+    composition_ckpt: Path | None = None,
 ) -> dict:
     """Evaluate a checkpoint on a split and write the report; returns ``metrics.json``'s content."""
     out_dir = out_dir or ckpt.parent.parent / f"eval-{split}"
@@ -207,6 +239,10 @@ def evaluate(
     )
     untrained_embeddings = embed_split(untrained, datamodule, split)
 
+    alpha, alpha_grid = choose_hybrid_alpha(model, datamodule)
+    save_alpha(ckpt, alpha, alpha_grid)
+    lexical = lexical_scores(embeddings, fields)
+
     curve_ks = list(range(1, 51))
     all_ranks = {
         "CLaSP (this checkpoint)": ranks_both_ways(
@@ -215,8 +251,15 @@ def evaluate(
         "untrained (same architecture)": ranks_both_ways(
             untrained_embeddings.crystal, untrained_embeddings.text, untrained_embeddings.groups
         ),
-        "lexical (formulas/elements in text)": lexical_ranks(embeddings, fields),
+        "lexical (formulas/elements in text)": hybrid_ranks(embeddings, lexical, 1.0, False),
+        f"hybrid: CLaSP + {alpha:g} x lexical (α from val)": hybrid_ranks(
+            embeddings, lexical, alpha
+        ),
     }
+    if composition_ckpt and Path(composition_ckpt).is_file():
+        all_ranks["composition-only (same text tower, heads, loss, budget)"] = baseline_ranks(
+            Path(composition_ckpt), embeddings, split, device
+        )
     rows = {name: summarise(r, ks) for name, r in all_ranks.items()}
     rows["random (expected)"] = random_expectation(
         len(embeddings.groups), group_sizes(embeddings.groups), ks
@@ -230,6 +273,8 @@ def evaluate(
         "split": split,
         "n_pairs": len(embeddings.groups),
         "n_papers": int(torch.unique(embeddings.groups).numel()),
+        "hybrid_alpha": alpha,
+        "hybrid_alpha_val_group_R@10": alpha_grid,
         "methods": rows,
     }
     (out_dir / "metrics.md").write_text(plots.markdown_table(rows, TABLE_KEYS, report))
@@ -270,10 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         help="YAML with keywords, templates, min_positives",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--composition-ckpt",
+        type=Path,
+        default=DEFAULT_COMPOSITION_CKPT,
+        help="composition-only baseline (make pretrain-composition); its row is left out if absent",
+    )
     args = parser.parse_args(argv)
     ckpt = args.ckpt or newest_checkpoint()
     print(f"evaluating {ckpt} on the {args.split} split")
-    report = evaluate(ckpt, args.split, args.out, args.keywords, device=args.device)
+    report = evaluate(
+        ckpt,
+        args.split,
+        args.out,
+        args.keywords,
+        device=args.device,
+        composition_ckpt=args.composition_ckpt,
+    )
     out = args.out or ckpt.parent.parent / f"eval-{args.split}"
     print((out / "metrics.md").read_text())
     print(f"report, plots and metrics.json in {out}/ ({report['n_pairs']} pairs)")

@@ -107,32 +107,24 @@ class CGCNN(nn.Module):
     def out_dim(self) -> int:
         return self.config.h_fea_len if self.config.n_hidden else self.config.atom_fea_len
 
-    def forward(
-        self,
-        atomic_numbers: torch.Tensor,
-        edge_src: torch.Tensor,
-        edge_dst: torch.Tensor,
-        edge_dist: torch.Tensor,
-        crystal_index: torch.Tensor,
-        num_crystals: int,
-    ) -> torch.Tensor:
-        """Encode a batch of crystals.
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Encode a collated batch of crystals (:func:`clasp_pl.data.datamodule.collate_graphs`).
 
-        Args:
-            atomic_numbers: ``[N]`` Z of every atom of the batch.
-            edge_src, edge_dst: ``[E]`` batch-level atom indices of each directed edge.
-            edge_dist: ``[E]`` edge lengths in Å.
-            crystal_index: ``[N]`` crystal each atom belongs to (0..B-1).
-            num_crystals: B.
+        Uses ``atomic_numbers [N]`` (Z of every atom), ``edge_src``/``edge_dst [E]`` (batch-level
+        atom indices of each directed edge), ``edge_dist [E]`` (Å), ``crystal_index [N]`` (the
+        crystal of each atom, 0..B-1) and ``num_crystals`` (B).
 
         Returns:
             ``[B, out_dim]`` crystal features.
         """
-        atoms = self.embed(self.atom_table[atomic_numbers])
-        edges = self.distance(edge_dist)
+        edge_src, edge_dst = batch["edge_src"], batch["edge_dst"]
+        atoms = self.embed(self.atom_table[batch["atomic_numbers"]])
+        edges = self.distance(batch["edge_dist"])
         for conv in self.convs:
             atoms = conv(atoms, edge_src, edge_dst, edges)
-        crystals = segment_mean(atoms, crystal_index, num_crystals, self.config.use_torch_scatter)
+        crystals = segment_mean(
+            atoms, batch["crystal_index"], batch["num_crystals"], self.config.use_torch_scatter
+        )
         if self.hidden:
             crystals = F.softplus(crystals)
         for layer in self.hidden:

@@ -140,22 +140,7 @@ class CLaSPModule(L.LightningModule):
     # ----------------------------------------------------------------- embeddings
     def encode_crystals(self, batch: dict) -> torch.Tensor:
         """Crystal embeddings ``[B, embed_dim]`` of a collated batch."""
-        if isinstance(self.crystal_tower, CompositionMLP):
-            if "composition_features" not in batch:
-                raise KeyError(
-                    "the composition-only tower needs data.composition_features=true "
-                    "(conf/model/composition.yaml sets it)"
-                )
-            return self.crystal_head(self.crystal_tower(batch["composition_features"]))
-        features = self.crystal_tower(
-            batch["atomic_numbers"],
-            batch["edge_src"],
-            batch["edge_dst"],
-            batch["edge_dist"],
-            batch["crystal_index"],
-            batch["num_crystals"],
-        )
-        return self.crystal_head(features)
+        return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]``."""

@@ -25,5 +25,11 @@ class CompositionMLP(nn.Module):
             nn.Softplus(),
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)
+    def forward(self, batch: dict) -> torch.Tensor:
+        """``batch["composition_features"] [B, 333]`` -> ``[B, out_dim]``."""
+        if "composition_features" not in batch:
+            raise KeyError(
+                "the composition-only tower needs data.composition_features=true "
+                "(conf/model/composition.yaml sets it)"
+            )
+        return self.mlp(batch["composition_features"])

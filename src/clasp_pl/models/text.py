@@ -31,6 +31,7 @@ class TextTower(nn.Module):
         self.frozen = config.freeze
         if config.freeze:
             self.encoder.requires_grad_(False)
+            self.encoder.eval()  # Lightning keeps modules' modes: no dropout from the start
         elif config.trainable_layers is not None:
             self._freeze_all_but_top(config.trainable_layers)
 

@@ -1,0 +1,181 @@
+"""Benchmark: one CLaSP training step on the default data and model, broken down.
+
+For the default config (CGCNN 64/3/128, MiniLM text tower, batch 128 of AMCSD titles) three
+ways of treating the text side are timed side by side in one run:
+
+- ``cached``: frozen tower, its pooled outputs precomputed once (the default);
+- ``frozen-live``: frozen tower run every step (no grad, eval mode) — what the official code pays;
+- ``trainable``: text tower trained end to end (forward + backward).
+
+Per step: collate (loader fetch + collate), crystal tower+head forward+backward, text side
+forward(+backward), loss forward+backward (gather included under DDP), and the full optimizer step
+timed end to end; shares are of the sum of the parts. ``--device cuda`` runs on a GPU in bf16
+autocast and adds peak memory and the text tower's model-FLOPs utilisation (6·params·tokens per
+trained token, 2·params·tokens when only forward); it says so and exits when no GPU exists.
+
+Usage: ``python bench/bench_train_step.py [--steps 8] [--device cpu|cuda] [--out FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from clasp_pl.data.datamodule import CrystalTextDataModule
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
+from clasp_pl.text_models import TextConfig
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = {
+    "cached": TextConfig(freeze=True),
+    "frozen-live": TextConfig(freeze=True),
+    "trainable": TextConfig(freeze=False),
+}
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+def synchronise(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timer:
+    def __init__(self, device: str):
+        self.device, self.totals = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        synchronise(self.device)
+        start = time.perf_counter()
+        yield
+        synchronise(self.device)
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+
+def to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def bench_mode(mode: str, steps: int, batch_size: int, device: str) -> dict:
+    text = MODES[mode]
+    datamodule = CrystalTextDataModule(
+        records=str(REPO / "data/amcsd_default.jsonl.gz"),
+        cache_dir=str(REPO / "data/cache"),
+        text=text,
+        cache_text_features=mode == "cached",
+        caption_fields=["title"],
+        max_length=64,
+        batch_size=batch_size,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = CLaSPModule(text=text, heads=HeadsConfig(crystal_hidden=[256], text_hidden=[512]))
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = (
+        torch.autocast("cuda", torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    )
+    timer, tokens = Timer(device), 0
+    loader = iter(datamodule.train_dataloader())
+    for step in range(steps + 1):  # step 0 warms up and is not counted
+        if step == 1:
+            timer.totals.clear()
+            tokens = 0
+        with timer("collate"):
+            batch = to(next(loader), device)
+        tokens += int(batch["attention_mask"].sum())
+        with autocast:
+            with timer("crystal fwd+bwd"):
+                crystal = model.encode_crystals(batch)
+                crystal.float().sum().backward()
+            with timer("text fwd" if text.freeze else "text fwd+bwd"):
+                if mode == "cached":
+                    text_emb = model.text_head(batch["text_features"])
+                else:
+                    text_emb = model.encode_texts(batch["input_ids"], batch["attention_mask"])
+                text_emb.float().sum().backward()
+            with timer("loss fwd+bwd"):
+                c = crystal.detach().float().requires_grad_()
+                t = text_emb.detach().float().requires_grad_()
+                model.loss_fn(c, t, batch["group_ids"]).backward()
+            optimizer.zero_grad()
+            with timer("full step"):
+                c_emb, t_emb = model(batch)
+                model.loss_fn(c_emb.float(), t_emb.float(), batch["group_ids"]).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    result = {name: seconds / steps for name, seconds in timer.totals.items()}
+    result["samples/s"] = batch_size / result["full step"]
+    result["tokens/step"] = tokens / steps
+    if device == "cuda":
+        result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        params = sum(p.numel() for p in model.text_tower.parameters())
+        flops_per_token = (2 if text.freeze else 6) * params
+        text_key = "text fwd" if text.freeze else "text fwd+bwd"
+        achieved = flops_per_token * result["tokens/step"] / result[text_key] / 1e12
+        result["text MFU"] = achieved / H100_BF16_DENSE_TFLOPS
+    return result
+
+
+def table(results: dict[str, dict], device: str, batch_size: int) -> str:
+    parts = ["collate", "crystal fwd+bwd", "text", "loss fwd+bwd"]
+    lines = [
+        f"### Training step on {device} (default model, batch {batch_size}, AMCSD titles)",
+        "",
+        "| text side | "
+        + " | ".join(f"{p} s (share)" for p in parts)
+        + " | full step s | samples/s |"
+        + (" peak GiB | text MFU |" if device == "cuda" else ""),
+        "|---|" + "---|" * (len(parts) + 2) + ("---|---|" if device == "cuda" else ""),
+    ]
+    for mode, r in results.items():
+        values = [
+            r["collate"],
+            r["crystal fwd+bwd"],
+            r.get("text fwd", r.get("text fwd+bwd")),
+            r["loss fwd+bwd"],
+        ]
+        total = sum(values)
+        cells = [f"{v:.3f} ({v / total:.0%})" for v in values]
+        extra = f" {r['peak GiB']:.2f} | {r['text MFU']:.1%} |" if device == "cuda" else ""
+        lines.append(
+            f"| {mode} | "
+            + " | ".join(cells)
+            + f" | {r['full step']:.3f} | {r['samples/s']:.0f} |"
+            + extra
+        )
+    cached, live = results["cached"]["samples/s"], results["frozen-live"]["samples/s"]
+    lines += [
+        "",
+        f"Cached frozen text features vs running the frozen encoder every step: "
+        f"**{cached / live:.1f}×** samples/s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", help="append the Markdown table to this file")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no GPU on this machine; skipped")
+        return 0
+    results = {mode: bench_mode(mode, args.steps, args.batch_size, args.device) for mode in MODES}
+    report = table(results, args.device, args.batch_size)
+    print(report)
+    if args.out:
+        with open(args.out, "a") as handle:
+            handle.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

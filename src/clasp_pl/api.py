@@ -1,0 +1,147 @@
+"""Python API for notebooks: load a trained CLaSP model and embed texts and structures.
+
+Example::
+
+    from clasp_pl.api import embed_structures, embed_texts, load_model, score
+
+    model = load_model("runs/pretrain/checkpoints/last.ckpt")
+    structures = embed_structures(model, records)            # [N, D]
+    queries = embed_texts(model, ["layered cobalt oxide"])   # [1, D]
+    similarity = score(queries, structures)                  # [1, N] cosine similarities
+
+Embeddings are L2-normalised (the model's projection heads normalise), so dot products are
+cosine similarities. Every function runs without gradients on the model's device and returns
+tensors on that device; pass a model in eval mode (:func:`load_model` returns one).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from pymatgen.core import Structure
+from torch import Tensor
+
+from clasp_pl.config_utils import as_config
+from clasp_pl.data.datamodule import collate_graphs
+from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
+from clasp_pl.data.records import CrystalRecord
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
+from clasp_pl.text_models import load_tokenizer
+
+DEFAULT_MAX_LENGTH = 256
+"""Caption truncation (tokens) for models whose checkpoint does not record the data module's."""
+
+
+def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> CLaSPModule:
+    """A trained :class:`CLaSPModule` in eval mode on ``device``.
+
+    The caption truncation the model was trained with (the data module's ``max_length`` when
+    the checkpoint records it, else :data:`DEFAULT_MAX_LENGTH`) is kept as the model's
+    ``text_max_length`` attribute, which :func:`embed_texts` uses.
+    """
+    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
+    # Memory-mapped, so only the small hyper-parameter dict is read, not the weights again.
+    checkpoint = torch.load(ckpt, map_location="cpu", mmap=True)
+    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    model.text_max_length = int(data_hparams.get("max_length", DEFAULT_MAX_LENGTH))
+    return model.eval()
+
+
+def graph_config(model: CLaSPModule) -> GraphConfig:
+    """The crystal-graph settings the model was trained with."""
+    return as_config(GraphConfig, model.hparams.graph)
+
+
+def embed_dim(model: CLaSPModule) -> int:
+    """``D``, the dimension of the model's shared embedding space."""
+    return as_config(HeadsConfig, model.hparams.heads).embed_dim
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(text_model: str):
+    return load_tokenizer(text_model)
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: CLaSPModule, texts: Sequence[str], batch_size: int = 256, max_length: int | None = None
+) -> Tensor:
+    """Text embeddings ``[N, D]`` of ``N`` texts, in input order.
+
+    Texts are tokenized with the model's text tokenizer, truncated to ``max_length`` tokens
+    (default: the model's ``text_max_length``, see :func:`load_model`, else 256) and run in
+    batches of similar length (sorted by token count) to minimise padding.
+    """
+    out = torch.empty(len(texts), embed_dim(model), device=model.device)
+    if not texts:
+        return out
+    tokenizer = _tokenizer(model.text_tower.text_model_name)
+    max_length = max_length or getattr(model, "text_max_length", DEFAULT_MAX_LENGTH)
+    token_ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(token_ids)), key=lambda row: len(token_ids[row]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        padded = tokenizer.pad({"input_ids": [token_ids[r] for r in rows]}, return_tensors="pt")
+        out[rows] = model.encode_texts(
+            padded["input_ids"].to(model.device), padded["attention_mask"].to(model.device)
+        )
+    return out
+
+
+def embed_structures(
+    model: CLaSPModule,
+    structures_or_records: Iterable[Structure | CrystalRecord],
+    batch_size: int = 128,
+) -> Tensor:
+    """Crystal embeddings ``[N, D]`` of pymatgen structures or records, in input order.
+
+    Graphs are built with the model's own :class:`~clasp_pl.data.graphs.GraphConfig`.
+
+    Raises:
+        ValueError: for a structure that cannot become a graph (an element beyond Z = 100).
+    """
+    config = graph_config(model)
+    graphs = (
+        structure_to_graph(item.to_structure() if isinstance(item, CrystalRecord) else item, config)
+        for item in structures_or_records
+    )
+    return embed_graphs(model, graphs, batch_size)
+
+
+@torch.inference_mode()
+def embed_graphs(
+    model: CLaSPModule, graphs: Iterable[CrystalGraph], batch_size: int = 128
+) -> Tensor:
+    """Crystal embeddings ``[N, D]`` of crystal graphs, consumed lazily in batches (a stream of
+    millions never lives in memory at once), in input order."""
+    chunks = []
+    for batch in _batches(graphs, batch_size):
+        collated = graph_batch(batch)
+        inputs = {
+            k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in collated.items()
+        }
+        chunks.append(model.encode_crystals(inputs))
+    if not chunks:
+        return torch.empty(0, embed_dim(model), device=model.device)
+    return torch.cat(chunks)
+
+
+def graph_batch(graphs: Sequence[CrystalGraph]) -> dict:
+    """Collate graphs into the crystal part of the training batch format."""
+    return collate_graphs([vars(graph) for graph in graphs])
+
+
+def score(query_emb: Tensor, index_emb: Tensor) -> Tensor:
+    """Cosine similarities ``[Q, N]`` of L2-normalised ``query_emb [Q, D]`` and
+    ``index_emb [N, D]`` (computed in the query's dtype, on the query's device)."""
+    return query_emb @ index_emb.to(query_emb.device, query_emb.dtype).T
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch

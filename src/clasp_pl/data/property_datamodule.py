@@ -1,0 +1,262 @@
+"""LightningDataModule for property prediction: records + one target -> cached graphs -> batches.
+
+The target of a record is either a number stored in its ``meta`` by ingestion (e.g. perov_5's
+``heat_ref``, the formation heat in eV/atom) -- a regression target -- or the special
+``crystal_system``, computed from the structure with pymatgen's ``SpacegroupAnalyzer`` (symprec
+0.1 Å) and used as a 7-class classification target (:data:`CRYSTAL_SYSTEMS`).
+
+Caches live next to the pretraining caches of the same records file
+(``cache_dir/<records name>/``): crystal graphs are the very same ``graphs/`` store that
+:func:`~clasp_pl.data.featurize.build_graph_store` builds for pretraining, and each target gets
+its own store ``targets/<target>/`` (one float64 value per record, NaN when the record has no
+such value or its symmetry analysis failed), keyed by the target name and the records file's
+fingerprint, so it is recomputed only when one of them changes. Records without a target value
+are left out of every split.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from torch.utils.data import DataLoader, Dataset
+
+from clasp_pl.data.cache import ArrayStore, build_store, file_fingerprint
+from clasp_pl.data.datamodule import DEFAULT_RECORDS, collate_graphs
+from clasp_pl.data.featurize import build_graph_store
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.records import CrystalRecord, iter_record_lines
+from clasp_pl.data.split import split_indices
+
+CRYSTAL_SYSTEM = "crystal_system"
+CRYSTAL_SYSTEMS = (
+    "triclinic",
+    "monoclinic",
+    "orthorhombic",
+    "tetragonal",
+    "trigonal",
+    "hexagonal",
+    "cubic",
+)
+SYMPREC = 0.1  # Å, tolerance of the symmetry analysis behind ``crystal_system``
+TARGET_FORMAT_VERSION = 1
+Task = Literal["regression", "classification"]
+
+
+def task_of(target: str) -> Task:
+    """``classification`` for ``crystal_system``, ``regression`` for any ``meta`` key."""
+    return "classification" if target == CRYSTAL_SYSTEM else "regression"
+
+
+def num_classes_of(target: str) -> int:
+    """Number of classes of a classification target; 1 (one output) for a regression target."""
+    return len(CRYSTAL_SYSTEMS) if target == CRYSTAL_SYSTEM else 1
+
+
+def target_value(record: CrystalRecord, target: str) -> float:
+    """The target of one record: the class index of its crystal system, or ``meta[target]`` as
+    a float; NaN when missing, not a number, or when the symmetry analysis fails."""
+    if target == CRYSTAL_SYSTEM:
+        try:
+            analyzer = SpacegroupAnalyzer(record.to_structure(), symprec=SYMPREC)
+            return float(CRYSTAL_SYSTEMS.index(analyzer.get_crystal_system()))
+        except Exception:  # noqa: BLE001 - a structure spglib cannot analyse has no label
+            return math.nan
+    value = record.meta.get(target)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def target_shard(target: str, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
+    """Target values ``[1]`` (float64) of one shard of ``(record_index, record_json)``."""
+    return [
+        {"value": np.array([target_value(CrystalRecord.from_json(line), target)], np.float64)}
+        for _, line in indexed_lines
+    ]
+
+
+def build_target_store(
+    records_path: str | Path,
+    root: str | Path,
+    target: str,
+    workers: int = 1,
+    shard_size: int = 2048,
+    lines: list[str] | None = None,
+) -> ArrayStore:
+    """Build or reuse the store of one target's values, one item per record (records order)."""
+    lines = list(iter_record_lines(records_path)) if lines is None else lines
+    key = {"what": "property-target", "version": TARGET_FORMAT_VERSION, "target": target}
+    if target == CRYSTAL_SYSTEM:
+        key |= {"symprec": SYMPREC, "classes": list(CRYSTAL_SYSTEMS)}
+    store, _ = build_store(
+        root,
+        list(enumerate(lines)),
+        functools.partial(target_shard, target),
+        key=key,
+        source=file_fingerprint(records_path),
+        shard_size=shard_size,
+        workers=workers,
+        desc=f"target {target}",
+    )
+    return store
+
+
+class PropertyDataset(Dataset):
+    """Crystal graphs (graph-store items ``item_ids``) as samples for :func:`collate_graphs`."""
+
+    def __init__(self, graphs: ArrayStore, item_ids: np.ndarray):
+        self.graphs = graphs
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, position: int) -> dict[str, np.ndarray]:
+        return self.graphs[int(self.item_ids[position])]
+
+
+class PropertyDataModule(L.LightningDataModule):
+    """(crystal graph, target) pairs from a records file, split by ``group`` (paper).
+
+    Structure-only tables (perov_5) have ``group = "id:<id>"``, so their split is per structure.
+
+    Args:
+        records: records file (``.jsonl.gz``), e.g. from ``clasp data ingest --table``.
+        target: a numeric key of ``record.meta`` (regression, e.g. ``heat_ref`` in eV/atom) or
+            ``crystal_system`` (7-class classification).
+        cache_dir: where cached graphs and targets go (one sub-folder per records file).
+        graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
+        split_fractions: train/val/test fractions of groups.
+        split_seed: seed of the split.
+        batch_size: training crystals per step.
+        eval_batch_size: crystals per batch in validation/test/predict.
+        num_workers: DataLoader workers.
+        prepare_workers: processes used to featurize the caches.
+    """
+
+    def __init__(
+        self,
+        records: str = DEFAULT_RECORDS,
+        target: str = CRYSTAL_SYSTEM,
+        cache_dir: str = "data/cache",
+        graph: GraphConfig = GraphConfig(),
+        split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        prepare_workers: int = 1,
+    ):
+        super().__init__()
+        self.records = Path(records)
+        if not self.records.is_file():
+            raise FileNotFoundError(
+                f"records file {self.records} not found: make one with `clasp data ingest`"
+            )
+        self.target = target
+        self.task: Task = task_of(target)
+        self.cache_root = Path(cache_dir) / self.records.name.split(".")[0]
+        self.graph = graph
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.prepare_workers = prepare_workers
+        self.datasets: dict[str, PropertyDataset] = {}
+        self.targets = np.zeros(0)
+
+    def _build(self) -> tuple[ArrayStore, ArrayStore]:
+        lines = list(iter_record_lines(self.records))
+        graphs, rejects = build_graph_store(
+            self.records, self.cache_root / "graphs", self.graph, self.prepare_workers, lines=lines
+        )
+        for reject in rejects:
+            print(f"skipped {reject['id']} ({reject['source']}): {reject['message']}")
+        targets = build_target_store(
+            self.records,
+            self.cache_root / "targets" / self.target,
+            self.target,
+            self.prepare_workers,
+            lines=lines,
+        )
+        return graphs, targets
+
+    def prepare_data(self) -> None:
+        """Build the caches once (rank 0 of each node); later runs reuse them."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        graphs, targets = self._build()  # caches exist by now: this only opens them
+        self.targets = targets.field("value")  # [n_records], NaN = no target
+        record_index = graphs.field("record_index")
+        labelled = np.isfinite(self.targets[record_index])
+        if not labelled.any():
+            raise ValueError(
+                f"no record of {self.records} has a numeric meta[{self.target!r}]; "
+                f"meta keys of the first record: {self._first_meta_keys()}"
+            )
+        if not labelled.all():
+            print(f"{(~labelled).sum()} structures have no {self.target} and are left out")
+        parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
+        self.datasets = {
+            name: PropertyDataset(graphs, ids[labelled[ids]]) for name, ids in parts.items()
+        }
+
+    def _first_meta_keys(self) -> list[str]:
+        first = next(iter(iter_record_lines(self.records)))
+        return sorted(CrystalRecord.from_json(first).meta)
+
+    def split_targets(self, split: str) -> np.ndarray:
+        """Targets ``[n]`` of a split (eV/atom etc. for regression, class indices otherwise)."""
+        dataset = self.datasets[split]
+        return self.targets[dataset.graphs.field("record_index")[dataset.item_ids]]
+
+    def target_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of the training targets (in the target's units)."""
+        train = self.split_targets("train")
+        return float(train.mean()), float(max(train.std(), 1e-8))
+
+    def collate(self, samples: Sequence[dict]) -> dict:
+        """:func:`collate_graphs`' batch plus ``record_index [B]`` and ``targets [B]`` (float32
+        values in the target's units, or int64 class indices)."""
+        batch = collate_graphs(samples)
+        record_index = np.concatenate([s["record_index"] for s in samples])
+        dtype = np.int64 if self.task == "classification" else np.float32
+        batch["record_index"] = torch.from_numpy(record_index)
+        batch["targets"] = torch.from_numpy(self.targets[record_index].astype(dtype))
+        return batch
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.datasets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Predictions are made for the test split."""
+        return self._loader("test", train=False)

@@ -1,0 +1,289 @@
+"""Property fine-tuning: weights from a CLaSP checkpoint, linear probes, perov_5 regression."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from clasp_pl.data.datamodule import CrystalTextDataModule
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.ingest import ingest_table
+from clasp_pl.data.property_datamodule import CRYSTAL_SYSTEMS, PropertyDataModule
+from clasp_pl.data.records import write_records
+from clasp_pl.models.cgcnn import CGCNNConfig
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
+from clasp_pl.models.finetune import PropertyModule
+from clasp_pl.text_models import TextConfig
+from conftest import SHARED_DATA, TINY_GRAPH, first_records
+
+TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
+FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)
+PEROV_TABLE = SHARED_DATA / "perov_5" / "val.csv"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a busy shared CPU: one intra-op thread is ~3x faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quiet_trainer(max_epochs: int) -> L.Trainer:
+    """CPU trainer without logging, checkpoints or per-epoch validation (saves test time)."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+
+
+def validation_metrics(model: L.LightningModule, dm: L.LightningDataModule) -> dict[str, float]:
+    """Metrics of one pass over the validation split (``val/mae`` or ``val/acc``, ...)."""
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    return trainer.validate(model, dm, verbose=False)[0]
+
+
+def tiny_clasp() -> CLaSPModule:
+    return CLaSPModule(
+        text=FROZEN_TINY_TEXT,
+        crystal=TINY_CRYSTAL,
+        graph=TINY_GRAPH,
+        heads=HeadsConfig(embed_dim=16, crystal_hidden=[24]),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5),
+    )
+
+
+def save_lightning_checkpoint(module: L.LightningModule, path: Path) -> Path:
+    """A minimal Lightning checkpoint (what ``load_from_checkpoint`` and ``init_from`` read)."""
+    checkpoint = {
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+# ----------------------------------------------------------------- loading a CLaSP checkpoint
+def test_loaded_weights_equal_the_checkpoint_and_shapes_come_from_it(tmp_path):
+    L.seed_everything(0)
+    clasp = tiny_clasp()
+    path = save_lightning_checkpoint(clasp, tmp_path / "clasp.ckpt")
+    model = PropertyModule(init_from=str(path), use_pretrained_head=True)  # no sizes given
+    assert model.hparams.crystal == TINY_CRYSTAL and model.hparams.graph == TINY_GRAPH
+    for name in ("crystal_tower", "crystal_head"):
+        mine, theirs = getattr(model, name).state_dict(), getattr(clasp, name).state_dict()
+        assert mine.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert torch.equal(mine[key], value), f"{name}.{key}"
+    # a fine-tuned checkpoint restores without the CLaSP file (resolved sizes are saved)
+    path.unlink()
+    saved = save_lightning_checkpoint(model, tmp_path / "property.ckpt")
+    restored = PropertyModule.load_from_checkpoint(saved, init_from=None)
+    for (key, a), b in zip(model.state_dict().items(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_settings_that_contradict_the_checkpoint_are_refused(tmp_path):
+    path = save_lightning_checkpoint(tiny_clasp(), tmp_path / "clasp.ckpt")
+    with pytest.raises(ValueError, match=r"atom_fea_len=64 \(checkpoint: 16\)"):
+        PropertyModule(init_from=str(path), crystal=CGCNNConfig())
+    with pytest.raises(ValueError, match=r"radius=8.0 \(checkpoint: 5.0\)"):
+        PropertyModule(init_from=str(path), graph=GraphConfig())
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        PropertyModule(init_from=str(tmp_path / "missing.ckpt"))
+
+
+def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode(records_file, tmp_path):
+    dm = PropertyDataModule(
+        records=str(records_file),
+        target="crystal_system",
+        cache_dir=str(tmp_path / "cache"),
+        graph=TINY_GRAPH,
+        split_fractions=(0.6, 0.2, 0.2),
+        batch_size=16,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    model = PropertyModule(
+        task="classification",
+        num_classes=len(CRYSTAL_SYSTEMS),
+        crystal=TINY_CRYSTAL,
+        graph=TINY_GRAPH,
+        freeze_encoder=True,
+    )
+    assert not model.crystal_tower.training  # Lightning never calls .train(): eval from the start
+    model.train()
+    assert not model.crystal_tower.training and model.head.training
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["targets"].dtype == torch.int64 and "input_ids" not in batch
+    torch.nn.functional.cross_entropy(model(batch), batch["targets"]).backward()
+    assert all(p.grad is None for p in model.crystal_tower.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+# ----------------------------------------------------------------- targets
+def test_crystal_system_labels_are_cached_and_match_pymatgen(records_file, real_records, tmp_path):
+    dm = PropertyDataModule(
+        records=str(records_file), cache_dir=str(tmp_path / "cache"), graph=TINY_GRAPH
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    store = tmp_path / "cache" / "small" / "targets" / "crystal_system" / "manifest.json"
+    assert '"symprec": 0.1' in store.read_text()
+    for record, label in itertools.islice(zip(real_records, dm.targets, strict=True), 20):
+        system = SpacegroupAnalyzer(record.to_structure(), symprec=0.1).get_crystal_system()
+        assert CRYSTAL_SYSTEMS[int(label)] == system
+
+
+def test_missing_meta_target_gives_a_clear_error(records_file, tmp_path):
+    dm = PropertyDataModule(
+        records=str(records_file),
+        target="band_gap",
+        cache_dir=str(tmp_path / "cache"),
+        graph=TINY_GRAPH,
+    )
+    with pytest.raises(ValueError, match="band_gap.*meta keys of the first record"):
+        dm.setup("fit")
+
+
+# ----------------------------------------------------------------- perov_5 regression
+@pytest.fixture(scope="module")
+def perov_records(tmp_path_factory) -> Path:
+    """The first 300 perov_5 structures as records (``meta["heat_ref"]`` in eV/atom)."""
+    if not PEROV_TABLE.is_file():
+        pytest.skip(f"{PEROV_TABLE} not available")
+    folder = tmp_path_factory.mktemp("perov")
+    csv.field_size_limit(sys.maxsize)
+    with open(PEROV_TABLE, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(itertools.islice(reader, 300))
+    with open(folder / "perov300.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = ingest_table(folder / "perov300.csv", folder / "perov300.jsonl.gz", progress=False)
+    assert summary["kept"] == 300
+    return folder / "perov300.jsonl.gz"
+
+
+def test_regression_fine_tuning_beats_the_mean_on_perov5(perov_records, tmp_path):
+    L.seed_everything(0)
+    dm = PropertyDataModule(
+        records=str(perov_records),
+        target="heat_ref",
+        cache_dir=str(tmp_path / "cache"),
+        graph=TINY_GRAPH,
+        split_fractions=(0.7, 0.3, 0.0),
+        batch_size=32,
+    )
+    model = PropertyModule(crystal=TINY_CRYSTAL, graph=TINY_GRAPH, head_hidden=[32], lr=3e-3)
+    trainer = quiet_trainer(max_epochs=10)
+    trainer.fit(model, dm)
+    mean, std = dm.target_stats()
+    assert model.target_mean.item() == pytest.approx(mean) and std > 0.1  # eV/atom
+    mean_mae = np.abs(dm.split_targets("val") - mean).mean()  # predict-the-train-mean baseline
+    mae = validation_metrics(model, dm)["val/mae"]
+    print(f"perov_5 heat_ref val MAE {mae:.3f} eV/atom, predict-the-mean {mean_mae:.3f}")
+    assert mae < 0.8 * mean_mae
+
+
+# ----------------------------------------------------------------- probing a real pretraining run
+def probe_crystal_system(init_from: Path, dm: PropertyDataModule) -> tuple[float, dict]:
+    """Linear probe (frozen encoder, one linear layer) -> (val accuracy, encoder state after)."""
+    L.seed_everything(0)
+    model = PropertyModule(
+        task="classification",
+        num_classes=len(CRYSTAL_SYSTEMS),
+        init_from=str(init_from),
+        freeze_encoder=True,
+        head_hidden=[],
+        lr=1e-2,
+        warmup_steps=0,
+    )
+    quiet_trainer(max_epochs=12).fit(model, dm)
+    accuracy = validation_metrics(model, dm)["val/acc"]
+    return accuracy, {k: v.clone() for k, v in model.crystal_tower.state_dict().items()}
+
+
+def test_linear_probe_of_a_real_clasp_pretraining_run(tmp_path):
+    """Pretrain a tiny CLaSP (frozen tiny-random text tower, cached features) on 300 AMCSD
+    structures, then probe crystal systems with the encoder frozen, against the same probe on
+    the same network before pretraining (same seed: the only difference is pretraining).
+
+    At this budget pretraining does *not* reliably beat the random encoder on this probe (see
+    the report: over seeds the two are within a few validation structures of each other), so
+    that is printed, not asserted. Asserted: pretraining really trained (its contrastive loss
+    fell and the tower moved) within 60 s, and a probe leaves its encoder bit-identical.
+    """
+    records = tmp_path / "amcsd300.jsonl.gz"
+    write_records(first_records(300), records)
+    L.seed_everything(0)
+    clasp = tiny_clasp()
+    initial = save_lightning_checkpoint(clasp, tmp_path / "initial.ckpt")
+    pairs = CrystalTextDataModule(
+        records=str(records),
+        cache_dir=str(tmp_path / "cache"),
+        text=FROZEN_TINY_TEXT,
+        caption_fields=["title"],
+        max_length=32,
+        graph=TINY_GRAPH,
+        split_fractions=(0.8, 0.1, 0.1),
+        batch_size=32,
+    )
+    losses: list[float] = []
+
+    class RecordLoss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = quiet_trainer(max_epochs=6)
+    trainer.callbacks.append(RecordLoss())
+    start = time.perf_counter()
+    trainer.fit(clasp, pairs)
+    seconds = time.perf_counter() - start
+    pretrained = tmp_path / "pretrained.ckpt"
+    trainer.save_checkpoint(pretrained)
+    assert seconds < 60, f"pretraining took {seconds:.0f} s"
+    per_epoch = trainer.num_training_batches
+    assert np.mean(losses[-per_epoch:]) < np.mean(losses[:per_epoch])  # last vs first epoch
+
+    dm = PropertyDataModule(
+        records=str(records),
+        target="crystal_system",
+        cache_dir=str(tmp_path / "cache"),
+        graph=TINY_GRAPH,
+        split_fractions=(0.5, 0.5, 0.0),
+        batch_size=32,
+    )
+    checkpoints = {"pretrained": pretrained, "random": initial}
+    towers = {
+        name: PropertyModule(init_from=str(path)).crystal_tower.state_dict()
+        for name, path in checkpoints.items()
+    }
+    assert any(not torch.equal(towers["pretrained"][k], v) for k, v in towers["random"].items())
+    accuracy = {}
+    for name, path in checkpoints.items():
+        accuracy[name], after = probe_crystal_system(path, dm)
+        assert all(torch.equal(towers[name][k], after[k]) for k in after), f"{name} encoder moved"
+    train, val = dm.split_targets("train").astype(int), dm.split_targets("val")
+    majority = np.mean(val == np.bincount(train).argmax())
+    print(
+        f"pretraining {seconds:.0f} s; crystal-system probe val acc: pretrained "
+        f"{accuracy['pretrained']:.3f}, random {accuracy['random']:.3f}, majority {majority:.3f}"
+    )
