@@ -26,6 +26,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from clasp_pl.api import embed_texts
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.text import compose_caption
@@ -40,7 +41,6 @@ from clasp_pl.evaluation.screening import keyword_labels, keyword_scores, keywor
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.hybrid import choose_alpha, save_alpha
 from clasp_pl.search.lexical import LexicalIndex
-from clasp_pl.text_models import load_tokenizer
 
 DEFAULT_KEYWORDS = Path("conf/eval/amcsd_keywords.yaml")
 DEFAULT_COMPOSITION_CKPT = Path("runs/composition/checkpoints/last.ckpt")
@@ -79,16 +79,23 @@ def newest_checkpoint(runs: Path = Path("runs")) -> Path:
     return (lasts or candidates)[-1]
 
 
-def load_datamodule(ckpt: Path, split_stage: str = "test") -> CrystalTextDataModule:
-    """The checkpoint's own data module, set up (caches are reused when present)."""
+def load_datamodule(
+    ckpt: Path, caption_fields: Sequence[str] | None = None
+) -> CrystalTextDataModule:
+    """The checkpoint's own data module, set up (caches are reused when present).
+
+    ``caption_fields`` evaluates on other captions of the same records and split (e.g. titles
+    for a model fine-tuned on keyword captions)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = state.get("datamodule_hyper_parameters")
     if not hparams:
         raise ValueError(f"{ckpt} carries no data-module settings; was it written by `clasp fit`?")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's own keys
+    if caption_fields:
+        hparams["caption_fields"] = list(caption_fields)
     datamodule = CrystalTextDataModule(**hparams)
     datamodule.prepare_data()
-    datamodule.setup(split_stage)
+    datamodule.setup("test")
     return datamodule
 
 
@@ -169,19 +176,6 @@ def choose_hybrid_alpha(
     return choose_alpha(val.text, val.crystal, captions, lexical, val.groups)
 
 
-@torch.no_grad()
-def embed_texts(model: CLaSPModule, texts: Sequence[str], max_length: int) -> torch.Tensor:
-    """``[len(texts), D]`` text embeddings through the live text tower in eval mode."""
-    tokenizer = load_tokenizer(model.text_tower.text_model_name)
-    encoded = tokenizer(
-        list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-    )
-    model.eval()
-    return model.encode_texts(
-        encoded["input_ids"].to(model.device), encoded["attention_mask"].to(model.device)
-    ).cpu()
-
-
 def screening(
     model: CLaSPModule,
     split: SplitEmbeddings,
@@ -195,7 +189,11 @@ def screening(
     captions = [compose_caption(r, caption_fields) for r in split.records]
     labels = keyword_labels(captions, keywords)
     prompts = {
-        name: embed_texts(model, [t.format(v) for t in templates for v in variations], max_length)
+        name: embed_texts(
+            model.eval(),
+            [t.format(v) for t in templates for v in variations],
+            max_length=max_length,
+        ).cpu()
         for name, variations in keywords.items()
     }
     min_positives = int(config.get("min_positives", 5))
@@ -206,10 +204,18 @@ def screening(
     return result, balanced, labels, keyword_scores(split.crystal, prompts)
 
 
-def baseline_ranks(ckpt: Path, reference: SplitEmbeddings, split: str, device: str) -> dict:
+def default_out_dir(ckpt: Path, split: str, caption_fields: Sequence[str] | None) -> Path:
+    """``<run>/eval-<split>[-<fields>]`` beside the run's ``checkpoints/`` folder."""
+    suffix = "-" + "-".join(caption_fields) if caption_fields else ""
+    return ckpt.parent.parent / f"eval-{split}{suffix}"
+
+
+def baseline_ranks(
+    ckpt: Path, reference: SplitEmbeddings, split: str, device: str, caption_fields: Sequence[str]
+) -> dict:
     """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split."""
     model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
-    embeddings = embed_split(model, load_datamodule(ckpt), split)
+    embeddings = embed_split(model, load_datamodule(ckpt, caption_fields), split)
     if [r.id for r in embeddings.records] != [r.id for r in reference.records]:
         raise ValueError(f"{ckpt} was trained on another split or dataset; cannot compare")
     return ranks_both_ways(embeddings.crystal, embeddings.text, embeddings.groups)
@@ -224,12 +230,13 @@ def evaluate(
     device: str = "cpu",
     seed: int = 0,
     composition_ckpt: Path | None = None,
+    caption_fields: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate a checkpoint on a split and write the report; returns ``metrics.json``'s content."""
-    out_dir = out_dir or ckpt.parent.parent / f"eval-{split}"
+    out_dir = out_dir or default_out_dir(ckpt, split, caption_fields)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
-    datamodule = load_datamodule(ckpt)
+    datamodule = load_datamodule(ckpt, caption_fields)
     fields, max_length = datamodule.caption_fields, datamodule.max_length
     embeddings = embed_split(model, datamodule, split)
 
@@ -258,7 +265,7 @@ def evaluate(
     }
     if composition_ckpt and Path(composition_ckpt).is_file():
         all_ranks["composition-only (same text tower, heads, loss, budget)"] = baseline_ranks(
-            Path(composition_ckpt), embeddings, split, device
+            Path(composition_ckpt), embeddings, split, device, fields
         )
     rows = {name: summarise(r, ks) for name, r in all_ranks.items()}
     rows["random (expected)"] = random_expectation(
@@ -321,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_COMPOSITION_CKPT,
         help="composition-only baseline (make pretrain-composition); its row is left out if absent",
     )
+    parser.add_argument(
+        "--caption-fields",
+        nargs="+",
+        choices=("title", "abstract", "keywords"),
+        help="evaluate on these record fields instead of the checkpoint's own captions",
+    )
     args = parser.parse_args(argv)
     ckpt = args.ckpt or newest_checkpoint()
     print(f"evaluating {ckpt} on the {args.split} split")
@@ -331,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         args.keywords,
         device=args.device,
         composition_ckpt=args.composition_ckpt,
+        caption_fields=args.caption_fields,
     )
-    out = args.out or ckpt.parent.parent / f"eval-{args.split}"
+    out = args.out or default_out_dir(ckpt, args.split, args.caption_fields)
     print((out / "metrics.md").read_text())
     print(f"report, plots and metrics.json in {out}/ ({report['n_pairs']} pairs)")
     return 0

@@ -8,6 +8,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.graphs import GraphConfig
@@ -182,6 +183,13 @@ class CLaSPModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "test")
+
+    def on_fit_start(self) -> None:
+        """Record how the text tower is pooled ("auto" resolves to the model's own convention)."""
+        pooling = self.text_tower.pooling
+        rank_zero_info(f"text tower {self.text_tower.text_model_name!r} pooled by {pooling}")
+        if self.logger is not None:
+            self.logger.log_hyperparams({"text_pooling_resolved": pooling})
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.loss_fn.clamp_parameters_()
