@@ -47,7 +47,7 @@ smoke: install  ## seconds-long run of the tiny model: a few batches, logs/check
 slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit` arguments)
 	sbatch scripts/slurm_pretrain.sbatch $(ARGS)
 
-eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default newest; SPLIT=test|val)
+eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default the best of runs/pretrain; SPLIT=test|val)
 	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)
 
 finetune: install  ## fine-tune the pretrained crystal encoder on a property (CONFIG=conf/finetune_crystal_system.yaml ARGS="--model.init_from null")

@@ -9,7 +9,7 @@ import torch
 from clasp_pl.data.datamodule import collate_graphs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.models import scatter
-from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
+from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig, GatedConvolution
 from conftest import TINY_GRAPH, first_records
 
 
@@ -81,3 +81,18 @@ def test_asking_for_torch_scatter_without_it_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(scatter, "torch_scatter", None)
     with pytest.raises(ImportError, match="clasp_pl\\[scatter\\]"):
         scatter.segment_sum(torch.ones(2, 1), torch.zeros(2, dtype=torch.long), 1, True)
+
+
+def test_factorised_convolution_equals_the_concatenation_form():
+    """[v_i, v_j, g] W computed blockwise must equal the reference's concatenated Linear."""
+    torch.manual_seed(0)
+    conv = GatedConvolution(8, 11, use_torch_scatter=False).double().eval()
+    atoms = torch.randn(10, 8, dtype=torch.float64)
+    src, dst = torch.randint(0, 10, (40,)), torch.randint(0, 10, (40,))
+    edges = torch.randn(40, 11, dtype=torch.float64)
+    z = conv.edge_norm(conv.gate_and_core(torch.cat([atoms[src], atoms[dst], edges], dim=-1)))
+    gate, core = z.chunk(2, dim=-1)
+    messages = torch.sigmoid(gate) * torch.nn.functional.softplus(core)
+    summed = torch.zeros(10, 8, dtype=torch.float64).index_add_(0, src, messages)
+    reference = torch.nn.functional.softplus(atoms + conv.atom_norm(summed))
+    torch.testing.assert_close(conv(atoms, src, dst, edges), reference)

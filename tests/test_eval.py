@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clasp_pl.cli import main
-from clasp_pl.evaluation.evaluate import evaluate, hybrid_ranks, lexical_scores, newest_checkpoint
+from clasp_pl.evaluation.evaluate import default_checkpoint, evaluate, hybrid_ranks, lexical_scores
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,9 @@ def test_fit_writes_checkpoints_events_and_config(trained_run):
     assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
     assert list((trained_run / "runs").rglob("events.out.tfevents.*"))
     assert list((trained_run / "runs").rglob("config.yaml"))
-    assert newest_checkpoint(trained_run / "runs").name == "last.ckpt"
+    assert default_checkpoint(trained_run / "runs/pretrain").name.startswith("best-")
     state = torch.load(trained_run / "runs/pretrain/checkpoints/last.ckpt", weights_only=True)
-    assert "val/t2s_pair_R@10" in json.dumps(list(state["callbacks"]))
+    assert "val/t2s_group_R@10" in json.dumps(list(state["callbacks"]))
 
 
 def test_eval_writes_table_with_baselines_and_plots(trained_run):

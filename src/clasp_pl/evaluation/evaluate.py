@@ -43,7 +43,7 @@ from clasp_pl.search.hybrid import choose_alpha, save_alpha
 from clasp_pl.search.lexical import LexicalIndex
 
 DEFAULT_KEYWORDS = Path("conf/eval/amcsd_keywords.yaml")
-DEFAULT_COMPOSITION_CKPT = Path("runs/composition/checkpoints/last.ckpt")
+COMPOSITION_RUN = Path("runs/composition")
 TABLE_KEYS = (
     "pair_R@1",
     "pair_R@5",
@@ -70,13 +70,14 @@ class SplitEmbeddings:
     records: list[CrystalRecord]
 
 
-def newest_checkpoint(runs: Path = Path("runs")) -> Path:
-    """``last.ckpt`` of the newest run under ``runs/``, else the newest ``*.ckpt``."""
-    candidates = sorted(runs.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+def default_checkpoint(run: Path = Path("runs/pretrain")) -> Path:
+    """The checkpoint ``make eval-retrieval`` evaluates when none is named: the run's best
+    checkpoint (selected on the validation split), else its newest one."""
+    candidates = sorted(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint under {runs}/: run `make pretrain` or pass --ckpt")
-    lasts = [p for p in candidates if p.name == "last.ckpt"]
-    return (lasts or candidates)[-1]
+        raise FileNotFoundError(f"no checkpoint under {run}/: run `make pretrain` or pass --ckpt")
+    best = [p for p in candidates if p.name.startswith("best")]
+    return (best or candidates)[-1]
 
 
 def load_datamodule(
@@ -263,7 +264,7 @@ def evaluate(
             embeddings, lexical, alpha
         ),
     }
-    if composition_ckpt and Path(composition_ckpt).is_file():
+    if composition_ckpt and Path(composition_ckpt).is_file() and Path(composition_ckpt) != ckpt:
         all_ranks["composition-only (same text tower, heads, loss, budget)"] = baseline_ranks(
             Path(composition_ckpt), embeddings, split, device, fields
         )
@@ -312,7 +313,9 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clasp eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: newest last.ckpt in runs/)")
+    parser.add_argument(
+        "--ckpt", type=Path, help="checkpoint (default: the best one of runs/pretrain)"
+    )
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
     parser.add_argument(
@@ -325,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--composition-ckpt",
         type=Path,
-        default=DEFAULT_COMPOSITION_CKPT,
-        help="composition-only baseline (make pretrain-composition); its row is left out if absent",
+        help="composition-only baseline (default: the best of runs/composition, written by "
+        "make pretrain-composition); its row is left out if there is none",
     )
     parser.add_argument(
         "--caption-fields",
@@ -335,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate on these record fields instead of the checkpoint's own captions",
     )
     args = parser.parse_args(argv)
-    ckpt = args.ckpt or newest_checkpoint()
+    ckpt = args.ckpt or default_checkpoint()
+    composition = args.composition_ckpt
+    if composition is None and list(COMPOSITION_RUN.rglob("*.ckpt")):
+        composition = default_checkpoint(COMPOSITION_RUN)
     print(f"evaluating {ckpt} on the {args.split} split")
     report = evaluate(
         ckpt,
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         args.keywords,
         device=args.device,
-        composition_ckpt=args.composition_ckpt,
+        composition_ckpt=composition,
         caption_fields=args.caption_fields,
     )
     out = args.out or default_out_dir(ckpt, args.split, args.caption_fields)

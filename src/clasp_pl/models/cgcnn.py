@@ -75,9 +75,20 @@ class GatedConvolution(nn.Module):
         edge_dst: torch.Tensor,
         edges: torch.Tensor,
     ) -> torch.Tensor:
-        """``atoms [N, A]``, ``edge_src``/``edge_dst [E]``, ``edges [E, G]`` -> ``[N, A]``."""
-        z = torch.cat([atoms[edge_src], atoms[edge_dst], edges], dim=-1)
-        gate, core = self.edge_norm(self.gate_and_core(z)).chunk(2, dim=-1)
+        """``atoms [N, A]``, ``edge_src``/``edge_dst [E]``, ``edges [E, G]`` -> ``[N, A]``.
+
+        ``[v_i, v_j, g] W`` is computed as ``(v W_i)[src] + (v W_j)[dst] + g W_g`` with the three
+        column blocks of the one weight matrix: the same numbers as the reference's concatenation,
+        but the atom parts are multiplied once per atom instead of once per edge (~13x fewer).
+        """
+        width = atoms.shape[1]
+        weight = self.gate_and_core.weight
+        z = (
+            F.linear(atoms, weight[:, :width])[edge_src]
+            + F.linear(atoms, weight[:, width : 2 * width])[edge_dst]
+            + F.linear(edges, weight[:, 2 * width :], self.gate_and_core.bias)
+        )
+        gate, core = self.edge_norm(z).chunk(2, dim=-1)
         messages = torch.sigmoid(gate) * F.softplus(core)
         summed = segment_sum(messages, edge_src, atoms.shape[0], self.use_torch_scatter)
         return F.softplus(atoms + self.atom_norm(summed))
