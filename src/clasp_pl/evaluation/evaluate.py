@@ -81,7 +81,7 @@ def default_checkpoint(run: Path = Path("runs/pretrain")) -> Path:
 
 
 def load_datamodule(
-    ckpt: Path, caption_fields: Sequence[str] | None = None
+    ckpt: Path, caption_fields: Sequence[str] | None = None, keywords: str | None = None
 ) -> CrystalTextDataModule:
     """The checkpoint's own data module, set up (caches are reused when present).
 
@@ -94,6 +94,8 @@ def load_datamodule(
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's own keys
     if caption_fields:
         hparams["caption_fields"] = list(caption_fields)
+    if keywords:
+        hparams["keywords"] = keywords
     datamodule = CrystalTextDataModule(**hparams)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -212,11 +214,12 @@ def default_out_dir(ckpt: Path, split: str, caption_fields: Sequence[str] | None
 
 
 def baseline_ranks(
-    ckpt: Path, reference: SplitEmbeddings, split: str, device: str, caption_fields: Sequence[str]
+    ckpt: Path, reference: SplitEmbeddings, split: str, device: str, data: CrystalTextDataModule
 ) -> dict:
     """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split."""
     model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
-    embeddings = embed_split(model, load_datamodule(ckpt, caption_fields), split)
+    baseline_data = load_datamodule(ckpt, data.caption_fields, data.keywords)  # the same captions
+    embeddings = embed_split(model, baseline_data, split)
     if [r.id for r in embeddings.records] != [r.id for r in reference.records]:
         raise ValueError(f"{ckpt} was trained on another split or dataset; cannot compare")
     return ranks_both_ways(embeddings.crystal, embeddings.text, embeddings.groups)
@@ -266,7 +269,7 @@ def evaluate(
     }
     if composition_ckpt and Path(composition_ckpt).is_file() and Path(composition_ckpt) != ckpt:
         all_ranks["composition-only (same text tower, heads, loss, budget)"] = baseline_ranks(
-            Path(composition_ckpt), embeddings, split, device, fields
+            Path(composition_ckpt), embeddings, split, device, datamodule
         )
     rows = {name: summarise(r, ks) for name, r in all_ranks.items()}
     rows["random (expected)"] = random_expectation(
