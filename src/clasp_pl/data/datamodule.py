@@ -111,7 +111,24 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
     return batch
 
 
-class CrystalTextDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule):
+    """A data module whose train/val/test loaders differ only by split: subclasses implement
+    ``_loader(split, train)``."""
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+class CrystalTextDataModule(SplitDataModule):
     """Crystal-text pairs from a records file (``clasp data ingest`` or the AMCSD default).
 
     Args:
@@ -272,12 +289,3 @@ class CrystalTextDataModule(L.LightningDataModule):
 
     def _collate(self, samples: Sequence[dict]) -> dict:
         return collate_pairs(samples, self.pad_token_id)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)

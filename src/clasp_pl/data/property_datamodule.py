@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.data.cache import ArrayStore, build_store, file_fingerprint
-from clasp_pl.data.datamodule import DEFAULT_RECORDS, collate_graphs
+from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule, collate_graphs
 from clasp_pl.data.featurize import build_graph_store
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
@@ -123,7 +122,7 @@ class PropertyDataset(Dataset):
         return self.graphs[int(self.item_ids[position])]
 
 
-class PropertyDataModule(L.LightningDataModule):
+class PropertyDataModule(SplitDataModule):
     """(crystal graph, target) pairs from a records file, split by ``group`` (paper).
 
     Structure-only tables (perov_5) have ``group = "id:<id>"``, so their split is per structure.
@@ -247,15 +246,6 @@ class PropertyDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Predictions are made for the test split."""
