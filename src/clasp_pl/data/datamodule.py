@@ -161,7 +161,7 @@ class CrystalTextDataModule(SplitDataModule):
         cache_text_features: bool = True,
         composition_features: bool = False,
         keywords: str | None = None,
-        caption_fields: list[str] = None,
+        caption_fields: list[str] | None = None,
         max_length: int = 256,
         graph: GraphConfig = GraphConfig(),
         split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clasp_pl.data.cache import ArrayStore, build_store, file_fingerprint
+from clasp_pl.data.cache import ArrayStore, ShardFn, build_store, file_fingerprint
 from clasp_pl.data.composition import COMPOSITION_DIM, composition_shard
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash64
@@ -32,6 +32,35 @@ from clasp_pl.data.text import compose_caption
 from clasp_pl.text_models import load_tokenizer, resolve
 
 GRAPH_FORMAT_VERSION = 1
+
+
+def build_record_store(
+    records_path: str | Path,
+    root: str | Path,
+    shard_fn: ShardFn,
+    key: dict,
+    desc: str,
+    workers: int = 1,
+    shard_size: int = 2048,
+    lines: list[str] | None = None,
+    source: str | None = None,
+) -> tuple[ArrayStore, list[dict]]:
+    """:func:`build_store` over a records file: inputs are ``(record_index, record_json)``.
+
+    ``lines`` and ``source`` (the records' JSON lines and their fingerprint) default to reading
+    and hashing ``records_path``; a caller that already read them passes them in.
+    """
+    lines = list(iter_record_lines(records_path)) if lines is None else lines
+    return build_store(
+        root,
+        list(enumerate(lines)),
+        shard_fn,
+        key=key,
+        source=source or file_fingerprint(records_path),
+        shard_size=shard_size,
+        workers=workers,
+        desc=desc,
+    )
 
 
 def graph_shard(config: GraphConfig, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
@@ -76,17 +105,17 @@ def build_graph_store(
     source: str | None = None,
 ) -> tuple[ArrayStore, list[dict]]:
     """Build or reuse the crystal-graph store of a records file."""
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
     key = {"what": "cgcnn-graphs", "version": GRAPH_FORMAT_VERSION, **config.to_dict()}
-    return build_store(
+    return build_record_store(
+        records_path,
         root,
-        list(enumerate(lines)),
         functools.partial(graph_shard, config),
         key=key,
-        source=source or file_fingerprint(records_path),
-        shard_size=shard_size,
-        workers=workers,
         desc="crystal graphs",
+        workers=workers,
+        shard_size=shard_size,
+        lines=lines,
+        source=source,
     )
 
 
@@ -122,7 +151,6 @@ def build_token_store(
     source: str | None = None,
 ) -> ArrayStore:
     """Build or reuse the caption-token store of a records file (one item per record)."""
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
     tokenizer = load_tokenizer(text_model)
     key = {
         "what": "caption-tokens",
@@ -132,15 +160,16 @@ def build_token_store(
         "caption_fields": list(caption_fields),
         "max_length": max_length,
     }
-    store, _ = build_store(
+    store, _ = build_record_store(
+        records_path,
         root,
-        list(enumerate(lines)),
         _TokenShard(text_model, caption_fields, max_length),
         key=key,
-        source=source or file_fingerprint(records_path),
-        shard_size=shard_size,
-        workers=1,
         desc="captions",
+        workers=1,
+        shard_size=shard_size,
+        lines=lines,
+        source=source,
     )
     return store
 
@@ -186,7 +215,6 @@ def build_text_feature_store(
 ) -> ArrayStore:
     """Build or reuse the store of a frozen text tower's pooled outputs, one ``[1, H]`` item per
     record, keyed by the tower's weights fingerprint, pooling, caption fields and max_length."""
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
     key = {
         "what": "frozen-text-features",
         "text_model": resolve(tower.text_model_name),
@@ -195,15 +223,16 @@ def build_text_feature_store(
         "caption_fields": list(caption_fields),
         "max_length": max_length,
     }
-    store, _ = build_store(
+    store, _ = build_record_store(
+        records_path,
         root,
-        list(enumerate(lines)),
         _TextFeatureShard(tower, caption_fields, max_length, batch_size),
         key=key,
-        source=source or file_fingerprint(records_path),
-        shard_size=shard_size,
-        workers=1,
         desc="frozen text features",
+        workers=1,
+        shard_size=shard_size,
+        lines=lines,
+        source=source,
     )
     return store
 
@@ -219,15 +248,15 @@ def build_composition_store(
 ) -> ArrayStore:
     """Build or reuse the store of composition/symmetry descriptors (composition-only baseline),
     one ``[1, COMPOSITION_DIM]`` item per record."""
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
-    store, _ = build_store(
+    store, _ = build_record_store(
+        records_path,
         root,
-        list(enumerate(lines)),
         functools.partial(composition_shard, symprec),
         key={"what": "composition-features", "dim": COMPOSITION_DIM, "symprec": symprec},
-        source=source or file_fingerprint(records_path),
-        shard_size=shard_size,
-        workers=workers,
         desc="composition features",
+        workers=workers,
+        shard_size=shard_size,
+        lines=lines,
+        source=source,
     )
     return store

@@ -27,9 +27,9 @@ import torch
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch.utils.data import DataLoader, Dataset
 
-from clasp_pl.data.cache import ArrayStore, build_store, file_fingerprint
+from clasp_pl.data.cache import ArrayStore
 from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule, collate_graphs
-from clasp_pl.data.featurize import build_graph_store
+from clasp_pl.data.featurize import build_graph_store, build_record_store
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
@@ -91,19 +91,18 @@ def build_target_store(
     lines: list[str] | None = None,
 ) -> ArrayStore:
     """Build or reuse the store of one target's values, one item per record (records order)."""
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
     key = {"what": "property-target", "version": TARGET_FORMAT_VERSION, "target": target}
     if target == CRYSTAL_SYSTEM:
         key |= {"symprec": SYMPREC, "classes": list(CRYSTAL_SYSTEMS)}
-    store, _ = build_store(
+    store, _ = build_record_store(
+        records_path,
         root,
-        list(enumerate(lines)),
         functools.partial(target_shard, target),
         key=key,
-        source=file_fingerprint(records_path),
-        shard_size=shard_size,
-        workers=workers,
         desc=f"target {target}",
+        workers=workers,
+        shard_size=shard_size,
+        lines=lines,
     )
     return store
 
