@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 PRETRAIN_CONFIGS := --config conf/trainer/cpu.yaml --config conf/data/amcsd.yaml --config conf/model/clasp.yaml
 
-.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval finetune bench test lint clean-cache
+.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval finetune probe bench test lint clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=p
 
 finetune: install  ## fine-tune the pretrained crystal encoder on a property (CONFIG=conf/finetune_crystal_system.yaml ARGS="--model.init_from null")
 	$(BIN)/clasp finetune fit --config $(or $(CONFIG),conf/finetune.yaml) $(ARGS)
+
+probe: install  ## linear probes: pretrained crystal encoder vs random init (CKPT=path TARGET=mineral_class|crystal_system|<meta key> ARGS=)
+	$(BIN)/clasp probe $(if $(CKPT),--ckpt $(CKPT)) --target $(or $(TARGET),mineral_class) $(ARGS)
 
 bench: install  ## run the benchmarks and write bench/results.md (BENCH_ARGS=--quick for a smoke run)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -14,16 +13,15 @@ import pytest
 import torch
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.ingest import ingest_table
-from clasp_pl.data.property_datamodule import CRYSTAL_SYSTEMS, PropertyDataModule
-from clasp_pl.data.records import write_records
+from clasp_pl.data.labels import CRYSTAL_SYSTEMS
+from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
 from clasp_pl.text_models import TextConfig
-from conftest import SHARED_DATA, TINY_GRAPH, first_records
+from conftest import SHARED_DATA, TINY_GRAPH
 
 TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
 FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)
@@ -201,89 +199,3 @@ def test_regression_fine_tuning_beats_the_mean_on_perov5(perov_records, tmp_path
     mae = validation_metrics(model, dm)["val/mae"]
     print(f"perov_5 heat_ref val MAE {mae:.3f} eV/atom, predict-the-mean {mean_mae:.3f}")
     assert mae < 0.8 * mean_mae
-
-
-# ----------------------------------------------------------------- probing a real pretraining run
-def probe_crystal_system(init_from: Path, dm: PropertyDataModule) -> tuple[float, dict]:
-    """Linear probe (frozen encoder, one linear layer) -> (val accuracy, encoder state after)."""
-    L.seed_everything(0)
-    model = PropertyModule(
-        task="classification",
-        num_classes=len(CRYSTAL_SYSTEMS),
-        init_from=str(init_from),
-        freeze_encoder=True,
-        head_hidden=[],
-        lr=1e-2,
-        warmup_steps=0,
-    )
-    quiet_trainer(max_epochs=12).fit(model, dm)
-    accuracy = validation_metrics(model, dm)["val/acc"]
-    return accuracy, {k: v.clone() for k, v in model.crystal_tower.state_dict().items()}
-
-
-def test_linear_probe_of_a_real_clasp_pretraining_run(tmp_path):
-    """Pretrain a tiny CLaSP (frozen tiny-random text tower, cached features) on 300 AMCSD
-    structures, then probe crystal systems with the encoder frozen, against the same probe on
-    the same network before pretraining (same seed: the only difference is pretraining).
-
-    At this budget pretraining does *not* reliably beat the random encoder on this probe (see
-    the report: over seeds the two are within a few validation structures of each other), so
-    that is printed, not asserted. Asserted: pretraining really trained (its contrastive loss
-    fell and the tower moved) within 60 s, and a probe leaves its encoder bit-identical.
-    """
-    records = tmp_path / "amcsd300.jsonl.gz"
-    write_records(first_records(300), records)
-    L.seed_everything(0)
-    clasp = tiny_clasp()
-    initial = save_lightning_checkpoint(clasp, tmp_path / "initial.ckpt")
-    pairs = CrystalTextDataModule(
-        records=str(records),
-        cache_dir=str(tmp_path / "cache"),
-        text=FROZEN_TINY_TEXT,
-        caption_fields=["title"],
-        max_length=32,
-        graph=TINY_GRAPH,
-        split_fractions=(0.8, 0.1, 0.1),
-        batch_size=32,
-    )
-    losses: list[float] = []
-
-    class RecordLoss(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    trainer = quiet_trainer(max_epochs=6)
-    trainer.callbacks.append(RecordLoss())
-    start = time.perf_counter()
-    trainer.fit(clasp, pairs)
-    seconds = time.perf_counter() - start
-    pretrained = tmp_path / "pretrained.ckpt"
-    trainer.save_checkpoint(pretrained)
-    assert seconds < 60, f"pretraining took {seconds:.0f} s"
-    per_epoch = trainer.num_training_batches
-    assert np.mean(losses[-per_epoch:]) < np.mean(losses[:per_epoch])  # last vs first epoch
-
-    dm = PropertyDataModule(
-        records=str(records),
-        target="crystal_system",
-        cache_dir=str(tmp_path / "cache"),
-        graph=TINY_GRAPH,
-        split_fractions=(0.5, 0.5, 0.0),
-        batch_size=32,
-    )
-    checkpoints = {"pretrained": pretrained, "random": initial}
-    towers = {
-        name: PropertyModule(init_from=str(path)).crystal_tower.state_dict()
-        for name, path in checkpoints.items()
-    }
-    assert any(not torch.equal(towers["pretrained"][k], v) for k, v in towers["random"].items())
-    accuracy = {}
-    for name, path in checkpoints.items():
-        accuracy[name], after = probe_crystal_system(path, dm)
-        assert all(torch.equal(towers[name][k], after[k]) for k in after), f"{name} encoder moved"
-    train, val = dm.split_targets("train").astype(int), dm.split_targets("val")
-    majority = np.mean(val == np.bincount(train).argmax())
-    print(
-        f"pretraining {seconds:.0f} s; crystal-system probe val acc: pretrained "
-        f"{accuracy['pretrained']:.3f}, random {accuracy['random']:.3f}, majority {majority:.3f}"
-    )

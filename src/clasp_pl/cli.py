@@ -4,6 +4,7 @@
 - ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records;
 - ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
 - ``clasp finetune``: property prediction from the pretrained crystal encoder;
+- ``clasp probe``: linear probes of the frozen crystal encoder, pretrained vs random init;
 - ``clasp convert-official CKPT OUT``: a checkpoint of the authors' code as a clasp_pl one.
 """
 
@@ -60,6 +61,7 @@ SUBCOMMANDS = {
     "eval": "clasp_pl.evaluation.evaluate",
     "convert-official": "clasp_pl.convert_official",
     "finetune": "clasp_pl.finetune_cli",
+    "probe": "clasp_pl.evaluation.probe",
     "embed": "clasp_pl.search.commands:embed_main",
     "search": "clasp_pl.search.commands:search_main",
 }

@@ -1,9 +1,9 @@
 """LightningDataModule for property prediction: records + one target -> cached graphs -> batches.
 
 The target of a record is either a number stored in its ``meta`` by ingestion (e.g. perov_5's
-``heat_ref``, the formation heat in eV/atom) -- a regression target -- or the special
-``crystal_system``, computed from the structure with pymatgen's ``SpacegroupAnalyzer`` (symprec
-0.1 Å) and used as a 7-class classification target (:data:`CRYSTAL_SYSTEMS`).
+``heat_ref``, the formation heat in eV/atom) -- a regression target -- or a class computed from
+the structure (:data:`~clasp_pl.data.labels.CLASS_TARGETS`): ``crystal_system`` (7 classes) or
+``mineral_class`` (9 Nickel–Strunz-style chemical classes) -- a classification target.
 
 Caches live next to the pretraining caches of the same records file
 (``cache_dir/<records name>/``): crystal graphs are the very same ``graphs/`` store that
@@ -24,50 +24,36 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.data.cache import ArrayStore
 from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule, collate_graphs
 from clasp_pl.data.featurize import build_graph_store, build_record_store
 from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.labels import CLASS_TARGETS, CRYSTAL_SYSTEM, SYMPREC
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 
-CRYSTAL_SYSTEM = "crystal_system"
-CRYSTAL_SYSTEMS = (
-    "triclinic",
-    "monoclinic",
-    "orthorhombic",
-    "tetragonal",
-    "trigonal",
-    "hexagonal",
-    "cubic",
-)
-SYMPREC = 0.1  # Å, tolerance of the symmetry analysis behind ``crystal_system``
 TARGET_FORMAT_VERSION = 1
 Task = Literal["regression", "classification"]
 
 
 def task_of(target: str) -> Task:
-    """``classification`` for ``crystal_system``, ``regression`` for any ``meta`` key."""
-    return "classification" if target == CRYSTAL_SYSTEM else "regression"
+    """``classification`` for a :data:`CLASS_TARGETS` name, ``regression`` for a ``meta`` key."""
+    return "classification" if target in CLASS_TARGETS else "regression"
 
 
 def num_classes_of(target: str) -> int:
     """Number of classes of a classification target; 1 (one output) for a regression target."""
-    return len(CRYSTAL_SYSTEMS) if target == CRYSTAL_SYSTEM else 1
+    return len(CLASS_TARGETS[target][0]) if target in CLASS_TARGETS else 1
 
 
 def target_value(record: CrystalRecord, target: str) -> float:
-    """The target of one record: the class index of its crystal system, or ``meta[target]`` as
-    a float; NaN when missing, not a number, or when the symmetry analysis fails."""
-    if target == CRYSTAL_SYSTEM:
-        try:
-            analyzer = SpacegroupAnalyzer(record.to_structure(), symprec=SYMPREC)
-            return float(CRYSTAL_SYSTEMS.index(analyzer.get_crystal_system()))
-        except Exception:  # noqa: BLE001 - a structure spglib cannot analyse has no label
-            return math.nan
+    """The target of one record: its class index for a classification target, else
+    ``meta[target]`` as a float; NaN when missing, not a number, or without a class."""
+    if target in CLASS_TARGETS:
+        index = CLASS_TARGETS[target][1](record)
+        return math.nan if index is None else float(index)
     value = record.meta.get(target)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return math.nan
@@ -92,8 +78,10 @@ def build_target_store(
 ) -> ArrayStore:
     """Build or reuse the store of one target's values, one item per record (records order)."""
     key = {"what": "property-target", "version": TARGET_FORMAT_VERSION, "target": target}
+    if target in CLASS_TARGETS:
+        key["classes"] = list(CLASS_TARGETS[target][0])
     if target == CRYSTAL_SYSTEM:
-        key |= {"symprec": SYMPREC, "classes": list(CRYSTAL_SYSTEMS)}
+        key["symprec"] = SYMPREC
     store, _ = build_record_store(
         records_path,
         root,
@@ -129,7 +117,7 @@ class PropertyDataModule(SplitDataModule):
     Args:
         records: records file (``.jsonl.gz``), e.g. from ``clasp data ingest --table``.
         target: a numeric key of ``record.meta`` (regression, e.g. ``heat_ref`` in eV/atom) or
-            ``crystal_system`` (7-class classification).
+            a class target, ``crystal_system`` (7 classes) or ``mineral_class`` (9 classes).
         cache_dir: where cached graphs and targets go (one sub-folder per records file).
         graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
         split_fractions: train/val/test fractions of groups.
@@ -215,10 +203,18 @@ class PropertyDataModule(SplitDataModule):
         first = next(iter(iter_record_lines(self.records)))
         return sorted(CrystalRecord.from_json(first).meta)
 
+    def labelled_dataset(self) -> PropertyDataset:
+        """Every labelled structure of every split, in records order (for cross-validation)."""
+        item_ids = np.sort(np.concatenate([d.item_ids for d in self.datasets.values()]))
+        return PropertyDataset(self.datasets["train"].graphs, item_ids)
+
+    def targets_of(self, dataset: PropertyDataset) -> np.ndarray:
+        """Targets ``[n]`` of a dataset (eV/atom etc. for regression, class indices otherwise)."""
+        return self.targets[dataset.graphs.field("record_index")[dataset.item_ids]]
+
     def split_targets(self, split: str) -> np.ndarray:
         """Targets ``[n]`` of a split (eV/atom etc. for regression, class indices otherwise)."""
-        dataset = self.datasets[split]
-        return self.targets[dataset.graphs.field("record_index")[dataset.item_ids]]
+        return self.targets_of(self.datasets[split])
 
     def target_stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the training targets (in the target's units)."""
