@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
 
 from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.ingest import ingest_table
 from clasp_pl.data.records import CrystalRecord, iter_records, write_records
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_RECORDS = REPO / "data" / "amcsd_default.jsonl.gz"
+PEROV_TABLE = SHARED_DATA / "perov_5" / "val.csv"
 
 TINY_GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
 TINY_MODEL = {
@@ -40,3 +44,22 @@ def records_file(tmp_path_factory, real_records) -> Path:
     path = tmp_path_factory.mktemp("records") / "small.jsonl.gz"
     write_records(real_records, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def perov_records(tmp_path_factory) -> Path:
+    """The first 300 perov_5 structures as records (``meta["heat_ref"]`` in eV/atom)."""
+    if not PEROV_TABLE.is_file():
+        pytest.skip(f"{PEROV_TABLE} not available")
+    folder = tmp_path_factory.mktemp("perov")
+    csv.field_size_limit(sys.maxsize)
+    with open(PEROV_TABLE, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(itertools.islice(reader, 300))
+    with open(folder / "perov300.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = ingest_table(folder / "perov300.csv", folder / "perov300.jsonl.gz", progress=False)
+    assert summary["kept"] == 300
+    return folder / "perov300.jsonl.gz"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -14,18 +12,16 @@ import torch
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from clasp_pl.data.graphs import GraphConfig
-from clasp_pl.data.ingest import ingest_table
 from clasp_pl.data.labels import CRYSTAL_SYSTEMS
 from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
 from clasp_pl.text_models import TextConfig
-from conftest import SHARED_DATA, TINY_GRAPH
+from conftest import TINY_GRAPH
 
 TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
 FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)
-PEROV_TABLE = SHARED_DATA / "perov_5" / "val.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -161,25 +157,6 @@ def test_missing_meta_target_gives_a_clear_error(records_file, tmp_path):
 
 
 # ----------------------------------------------------------------- perov_5 regression
-@pytest.fixture(scope="module")
-def perov_records(tmp_path_factory) -> Path:
-    """The first 300 perov_5 structures as records (``meta["heat_ref"]`` in eV/atom)."""
-    if not PEROV_TABLE.is_file():
-        pytest.skip(f"{PEROV_TABLE} not available")
-    folder = tmp_path_factory.mktemp("perov")
-    csv.field_size_limit(sys.maxsize)
-    with open(PEROV_TABLE, newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(itertools.islice(reader, 300))
-    with open(folder / "perov300.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = ingest_table(folder / "perov300.csv", folder / "perov300.jsonl.gz", progress=False)
-    assert summary["kept"] == 300
-    return folder / "perov300.jsonl.gz"
-
-
 def test_regression_fine_tuning_beats_the_mean_on_perov5(perov_records, tmp_path):
     L.seed_everything(0)
     dm = PropertyDataModule(

@@ -207,10 +207,8 @@ def test_pretrained_encoder_beats_random_init_on_a_linear_probe(tmp_path):
         assert np.all(pretrained > random), name
 
 
-def test_probe_command_writes_its_report(tmp_path):
-    """``clasp probe`` on a tiny checkpoint: the table and JSON name every encoder."""
-    records = tmp_path / "amcsd120.jsonl.gz"
-    write_records(first_records(120), records)
+def tiny_checkpoint(path: Path) -> Path:
+    """An untrained tiny CLaSP saved as a Lightning checkpoint at ``path``."""
     L.seed_everything(0)
     clasp = CLaSPModule(
         text=TextConfig(model="tiny-random", freeze=True),
@@ -218,16 +216,41 @@ def test_probe_command_writes_its_report(tmp_path):
         graph=TINY_GRAPH,
         heads=HeadsConfig(embed_dim=16, crystal_hidden=[24]),
     )
-    checkpoint = tmp_path / "run" / "checkpoints" / "tiny.ckpt"
-    checkpoint.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "pytorch-lightning_version": L.__version__,
             "state_dict": clasp.state_dict(),
             "hyper_parameters": dict(clasp.hparams),
         },
-        checkpoint,
+        path,
     )
+    return path
+
+
+def test_regression_probe_reports_mae_against_the_training_mean(perov_records, tmp_path):
+    """perov_5 formation heat (eV/atom): ridge probes on tower features beat the mean."""
+    rows = run_probe(
+        tiny_checkpoint(tmp_path / "tiny.ckpt"),
+        target="heat_ref",
+        records=perov_records,
+        cache_dir=tmp_path / "cache",
+        random_seeds=(0,),
+        folds=3,
+    )
+    assert [row.encoder for row in rows][0] == "training mean"
+    assert all(row.metric == "MAE" for row in rows)
+    mean_mae = rows[0].mean
+    assert 0.2 < mean_mae < 2.0  # eV/atom
+    for row in rows[1:]:
+        assert row.mean < 0.95 * mean_mae, row.encoder
+
+
+def test_probe_command_writes_its_report(tmp_path):
+    """``clasp probe`` on a tiny checkpoint: the table and JSON name every encoder."""
+    records = tmp_path / "amcsd120.jsonl.gz"
+    write_records(first_records(120), records)
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "tiny.ckpt")
     argv = ["probe", "--ckpt", str(checkpoint), "--records", str(records)]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--random-seeds", "0", "--folds", "3"]
     assert clasp_main(argv + ["--head", "--raw-random"]) == 0

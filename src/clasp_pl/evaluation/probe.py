@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     features = "projection head" if args.head else "tower"
     title = (
         f"Linear probe of {args.target} on {args.records.name}: {checkpoint.name} ({features} "
-        f"features), {len(rows[0].fold_scores)}-fold by paper"
+        f"features), {len(rows[0].fold_scores)}-fold by group (paper)"
     )
     table = format_table(rows, title)
     out = args.out or checkpoint.parent.parent / f"probe-{args.target}"
