@@ -7,7 +7,9 @@ import itertools
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.ingest import ingest_table
@@ -63,3 +65,29 @@ def perov_records(tmp_path_factory) -> Path:
     summary = ingest_table(folder / "perov300.csv", folder / "perov300.jsonl.gz", progress=False)
     assert summary["kept"] == 300
     return folder / "perov300.jsonl.gz"
+
+
+def quiet_trainer(max_epochs: int | None = None, max_steps: int = -1) -> L.Trainer:
+    """CPU trainer without logging, checkpoints or per-epoch validation (saves test time)."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+
+
+def save_lightning_checkpoint(module: L.LightningModule, path: Path) -> Path:
+    """A minimal Lightning checkpoint (what ``load_from_checkpoint`` and ``init_from`` read)."""
+    checkpoint = {
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,7 +17,7 @@ from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
 from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH
+from conftest import TINY_GRAPH, quiet_trainer, save_lightning_checkpoint
 
 TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
 FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)
@@ -31,19 +30,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def quiet_trainer(max_epochs: int) -> L.Trainer:
-    """CPU trainer without logging, checkpoints or per-epoch validation (saves test time)."""
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
 
 
 def validation_metrics(model: L.LightningModule, dm: L.LightningDataModule) -> dict[str, float]:
@@ -60,17 +46,6 @@ def tiny_clasp() -> CLaSPModule:
         heads=HeadsConfig(embed_dim=16, crystal_hidden=[24]),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
     )
-
-
-def save_lightning_checkpoint(module: L.LightningModule, path: Path) -> Path:
-    """A minimal Lightning checkpoint (what ``load_from_checkpoint`` and ``init_from`` read)."""
-    checkpoint = {
-        "pytorch-lightning_version": L.__version__,
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-    }
-    torch.save(checkpoint, path)
-    return path
 
 
 # ----------------------------------------------------------------- loading a CLaSP checkpoint

@@ -30,7 +30,7 @@ from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
 from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, first_records
+from conftest import TINY_GRAPH, first_records, quiet_trainer, save_lightning_checkpoint
 
 
 # ----------------------------------------------------------------- mineral classes
@@ -169,15 +169,7 @@ def test_pretrained_encoder_beats_random_init_on_a_linear_probe(tmp_path):
         batch_size=128,
         prepare_workers=2,
     )
-    trainer = L.Trainer(
-        max_epochs=CLAIM_EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=CLAIM_EPOCHS)
     start = time.perf_counter()
     trainer.fit(clasp, pairs)
     pretraining = time.perf_counter() - start
@@ -216,16 +208,7 @@ def tiny_checkpoint(path: Path) -> Path:
         graph=TINY_GRAPH,
         heads=HeadsConfig(embed_dim=16, crystal_hidden=[24]),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "pytorch-lightning_version": L.__version__,
-            "state_dict": clasp.state_dict(),
-            "hyper_parameters": dict(clasp.hparams),
-        },
-        path,
-    )
-    return path
+    return save_lightning_checkpoint(clasp, path)
 
 
 def test_regression_probe_reports_mae_against_the_training_mean(perov_records, tmp_path):

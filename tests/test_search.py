@@ -37,7 +37,7 @@ from clasp_pl.search.hybrid import (
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
 from clasp_pl.text_models import TextConfig, load_tokenizer
-from conftest import SHARED_DATA, TINY_GRAPH
+from conftest import SHARED_DATA, TINY_GRAPH, quiet_trainer
 
 COD = SHARED_DATA / "cod_sample"
 TRAIN_STEPS = 60
@@ -72,14 +72,7 @@ def ckpt(tmp_path_factory, cod_records):
         }
         for i, record in enumerate(cod_records)
     ]
-    trainer = L.Trainer(
-        max_steps=TRAIN_STEPS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=TRAIN_STEPS)
     batches = [collate_pairs(samples)] * TRAIN_STEPS
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
     path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
