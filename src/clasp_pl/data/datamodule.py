@@ -202,7 +202,7 @@ class CrystalTextDataModule(SplitDataModule):
     def uses_text_features(self) -> bool:
         return self.text.freeze and self.cache_text_features
 
-    def _record_lines(self) -> tuple[list[str], str, str]:
+    def record_lines(self) -> tuple[list[str], str, str]:
         """The records (with the keywords file applied) as JSON lines, the fingerprint of the
         structures (records file) and that of the text (records file + keywords file)."""
         lines = list(iter_record_lines(self.records))
@@ -217,7 +217,7 @@ class CrystalTextDataModule(SplitDataModule):
         return lines, structures, source
 
     def _build(self) -> tuple[ArrayStore, ArrayStore, dict[str, ArrayStore]]:
-        lines, structure_source, text_source = self._record_lines()
+        lines, structure_source, text_source = self.record_lines()
         structure_args = {"lines": lines, "source": structure_source}
         text_args = {"lines": lines, "source": text_source}
         graphs, rejects = build_graph_store(
