@@ -63,7 +63,7 @@ def test_loaded_weights_equal_the_checkpoint_and_shapes_come_from_it(tmp_path):
     # a fine-tuned checkpoint restores without the CLaSP file (resolved sizes are saved)
     path.unlink()
     saved = save_lightning_checkpoint(model, tmp_path / "property.ckpt")
-    restored = PropertyModule.load_from_checkpoint(saved, init_from=None)
+    restored = PropertyModule.load_from_checkpoint(saved)
     for (key, a), b in zip(model.state_dict().items(), restored.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
 

@@ -13,7 +13,7 @@ from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimConfig
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH
+from conftest import TINY_GRAPH, quiet_trainer
 
 
 def tiny_module(text: TextConfig, **heads) -> CLaSPModule:
@@ -172,6 +172,91 @@ def test_init_from_copies_towers_and_heads_but_not_the_loss(tmp_path):
         if not name.startswith("loss_fn."):
             assert torch.equal(tensor, stage2.state_dict()[name]), name
     assert stage2.loss_fn.logit_scale_value == pytest.approx(10.0)
+
+
+def test_a_stage2_checkpoint_reloads_without_the_stage1_file(records_file, tmp_path):
+    """init_from is read at construction only: the stage-2 checkpoint records where it started
+    but restores (weights equal) after the stage-1 file is gone."""
+    text = TextConfig(model="tiny-random", freeze=True)
+    stage1 = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": tiny_module(text).state_dict()}, stage1)
+    stage2 = CLaSPModule(
+        text=text,
+        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
+        graph=TINY_GRAPH,
+        heads=HeadsConfig(embed_dim=16),
+        optim=OptimConfig(warmup_steps=2),
+        init_from=str(stage1),
+    )
+    assert "init_from" not in stage2.hparams
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(stage2, data_module(records_file, tmp_path, text))  # cached features: allowed
+    trainer.save_checkpoint(tmp_path / "stage2.ckpt")
+    stage1.unlink()
+    restored = CLaSPModule.load_from_checkpoint(tmp_path / "stage2.ckpt")
+    for name, tensor in stage2.state_dict().items():
+        assert torch.equal(tensor, restored.state_dict()[name]), name
+    saved = torch.load(tmp_path / "stage2.ckpt", weights_only=True)
+    assert saved["initialised_from"] == str(stage1)
+
+
+def test_cached_text_features_are_refused_for_a_trained_text_tower(records_file, tmp_path):
+    """Stage 1 trained the text tower; stage 2 freezes it: the cache of the pristine model's
+    outputs would silently replace the checkpoint's text tower, so fitting stops with advice."""
+    stage1 = tiny_module(TextConfig(model="tiny-random"))
+    with torch.no_grad():
+        next(stage1.text_tower.parameters()).add_(0.1)
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
+    text = TextConfig(model="tiny-random", freeze=True)
+    stage2 = CLaSPModule(
+        text=text,
+        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
+        graph=TINY_GRAPH,
+        heads=HeadsConfig(embed_dim=16),
+        init_from=str(tmp_path / "stage1.ckpt"),
+    )
+    assert stage2.text_tower_from_checkpoint
+    with pytest.raises(ValueError, match="cache_text_features false"):
+        quiet_trainer(max_steps=1).fit(stage2, data_module(records_file, tmp_path, text))
+    live = data_module(records_file, tmp_path, text, cache_text_features=False)
+    quiet_trainer(max_steps=1).fit(stage2, live)  # the checkpoint's tower runs every step
+    assert stage2.trainer.global_step == 1
+
+
+def test_biases_and_norms_get_no_weight_decay(records_file, tmp_path):
+    """Matrices decay; biases, norms and the loss's scale do not, in the text tower too."""
+    module = tiny_module(TextConfig(model="tiny-random", freeze=False))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, data_module(records_file, tmp_path, TextConfig(model="tiny-random")))
+    decay = {
+        id(p): g["weight_decay"] for g in trainer.optimizers[0].param_groups for p in g["params"]
+    }
+    loss_params = {id(p) for p in module.loss_fn.parameters()}
+    assert decay.keys() == {id(p) for p in module.parameters() if p.requires_grad}
+    for name, param in module.named_parameters():
+        matrix = param.ndim >= 2 and id(param) not in loss_params
+        assert decay[id(param)] == (module.optim.weight_decay if matrix else 0.0), name
+    text_lrs = {
+        g["lr"]
+        for g in trainer.optimizers[0].param_groups
+        if any(p is q for p in g["params"] for q in module.text_tower.parameters())
+    }
+    assert len(text_lrs) == 1  # text groups keep the text learning rate
+
+
+def test_pooling_of_a_hub_id_comes_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """A sentence-transformers model named by hub id is mean-pooled, as from a folder."""
+    snapshot = tmp_path / "models--org--st-model" / "snapshots" / "abc123"
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    (snapshot / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (tmp_path / "models--org--st-model" / "refs").mkdir()
+    (tmp_path / "models--org--st-model" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert TextConfig(model="org/st-model").resolved_pooling == "mean"
+    assert (
+        TextConfig(model="org/plain-bert").resolved_pooling == "cls"
+    )  # not cached: no pooling file
 
 
 def test_init_from_a_mismatched_checkpoint_names_the_tensors(tmp_path):

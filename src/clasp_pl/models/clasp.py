@@ -74,6 +74,11 @@ class CLaSPModule(L.LightningModule):
 
     Batches are the dicts of :func:`clasp_pl.data.datamodule.collate_pairs`. Embeddings are
     ``[B, embed_dim]`` and L2-normalised; their dot product is the cosine similarity.
+
+    ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
+    is read once, at construction, and is not a hyper-parameter: reloading this run's own
+    checkpoint never needs that file again. It is recorded as ``initialised_from`` in this run's
+    checkpoints (and in the resolved config beside the logs).
     """
 
     def __init__(
@@ -88,7 +93,7 @@ class CLaSPModule(L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["init_from"])
         text, crystal, graph = (
             as_config(TextConfig, text),
             as_config(CGCNNConfig, crystal),
@@ -113,6 +118,8 @@ class CLaSPModule(L.LightningModule):
         )
         self.loss_fn = ContrastiveLoss(**asdict(loss))
         self.optim = optim
+        self.initialised_from = init_from
+        self.text_tower_from_checkpoint = False  # text weights differ from the pristine model's
         if init_from:
             self.load_tower_and_head_weights(init_from)
 
@@ -136,6 +143,9 @@ class CLaSPModule(L.LightningModule):
         ]
         if problems:
             raise ValueError(f"cannot initialise from {ckpt}:\n  " + "\n  ".join(sorted(problems)))
+        self.text_tower_from_checkpoint = any(
+            not torch.equal(v, source[k]) for k, v in own.items() if k.startswith("text_tower.")
+        )
         self.load_state_dict(source, strict=False)
 
     # ----------------------------------------------------------------- embeddings
@@ -184,6 +194,20 @@ class CLaSPModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "test")
 
+    def setup(self, stage: str) -> None:
+        """Refuse cached text features that the checkpoint's text tower would not produce."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.text_tower_from_checkpoint and getattr(datamodule, "uses_text_features", False):
+            raise ValueError(
+                f"the text tower of {self.initialised_from} was trained, but the data module "
+                "caches the outputs of the pristine text model: set "
+                "--data.cache_text_features false (or start from a checkpoint with a frozen text "
+                "tower)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["initialised_from"] = self.initialised_from
+
     def on_fit_start(self) -> None:
         """Record how the text tower is pooled ("auto" resolves to the model's own convention)."""
         pooling = self.text_tower.pooling
@@ -207,14 +231,13 @@ class CLaSPModule(L.LightningModule):
             {"params": decay, "lr": self.optim.lr, "weight_decay": self.optim.weight_decay},
             {"params": no_decay, "lr": self.optim.lr, "weight_decay": 0.0},
         ]
-        if text_params:
-            groups.append(
-                {
-                    "params": text_params,
-                    "lr": self.optim.text_lr,
-                    "weight_decay": self.optim.weight_decay,
-                }
-            )
+        for decayed in (True, False):
+            params = [p for p in text_params if (p.ndim >= 2) == decayed]
+            if params:
+                weight_decay = self.optim.weight_decay if decayed else 0.0
+                groups.append(
+                    {"params": params, "lr": self.optim.text_lr, "weight_decay": weight_decay}
+                )
         optimizer = torch.optim.AdamW(groups)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = WarmupCosine(self.optim.warmup_steps, total, self.optim.min_lr_ratio)

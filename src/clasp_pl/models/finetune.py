@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clasp_pl.config_utils import as_config
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.clasp import HeadsConfig, WarmupCosine
@@ -35,11 +36,6 @@ from clasp_pl.models.heads import ProjectionHead
 
 # CGCNNConfig fields that change no parameter shape or value (free to differ from a checkpoint).
 _RUNTIME_FIELDS = frozenset({"use_torch_scatter"})
-
-
-def _as_config(value, cls):
-    """A config dataclass from a checkpoint's hyper-parameter (dataclass or plain dict)."""
-    return value if isinstance(value, cls) else cls(**dict(value))
 
 
 def _differences(wanted, found, ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -82,9 +78,9 @@ class PropertyModule(L.LightningModule):
             checkpoint's, else the defaults; must equal the checkpoint's when ``init_from`` is set.
         heads: CLaSP head config, used with ``use_pretrained_head`` (``None``: the checkpoint's).
         init_from: CLaSP checkpoint whose ``crystal_tower.*`` (and with ``use_pretrained_head``
-            ``crystal_head.*``) weights initialise the encoder; ``None`` for random init. Read at
-            construction: restore a fine-tuned checkpoint with ``load_from_checkpoint(path,
-            init_from=None)`` when the CLaSP checkpoint is gone.
+            ``crystal_head.*``) weights initialise the encoder; ``None`` for random init. Read once,
+            at construction, and not a hyper-parameter (the resolved sizes are): a fine-tuned
+            checkpoint restores without the CLaSP file, and records it as ``initialised_from``.
         use_pretrained_head: put CLaSP's projection head (L2-normalised embedding) on top of the
             tower, i.e. probe the contrastive embedding instead of the tower's features.
         freeze_encoder: linear-probe mode (encoder frozen and in eval mode).
@@ -125,7 +121,8 @@ class PropertyModule(L.LightningModule):
             graph or GraphConfig(),
             heads or HeadsConfig(),
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["init_from"])
+        self.initialised_from = init_from
         self.hparams.update(
             crystal=crystal, graph=graph, heads=heads
         )  # resolved: enough to rebuild shapes
@@ -165,9 +162,9 @@ class PropertyModule(L.LightningModule):
         path: str,
     ) -> tuple[CGCNNConfig, GraphConfig, HeadsConfig]:
         """The checkpoint's tower, graph and head configs; refuses settings that contradict it."""
-        found_crystal = _as_config(hparams["crystal"], CGCNNConfig)
-        found_graph = _as_config(hparams["graph"], GraphConfig)
-        found_heads = _as_config(hparams["heads"], HeadsConfig)
+        found_crystal = as_config(CGCNNConfig, hparams["crystal"])
+        found_graph = as_config(GraphConfig, hparams["graph"])
+        found_heads = as_config(HeadsConfig, hparams["heads"])
         problems = []
         if graph is not None:
             problems += _differences(graph, found_graph)
@@ -184,6 +181,9 @@ class PropertyModule(L.LightningModule):
         if crystal is not None:  # keeps the caller's runtime choices (e.g. use_torch_scatter)
             found_crystal = crystal
         return found_crystal, found_graph, found_heads
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["initialised_from"] = self.initialised_from
 
     @property
     def encoder_modules(self) -> list[nn.Module]:
