@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import huggingface_hub
 import torch
+from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 DEFAULT_TEXT_MODEL = "minilm"
 TINY_RANDOM = "tiny-random"
 Pooling = Literal["auto", "cls", "mean", "pooler"]
+POOLING_CONFIG = "1_Pooling/config.json"  # a sentence-transformers model's pooling settings
 
 
 @dataclass
@@ -73,6 +76,10 @@ def resolve(name: str) -> str:
     return name
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     source = resolve(name)
     if Path(source).is_dir():
@@ -80,7 +87,7 @@ def _from_pretrained(loader, name: str, **kwargs):
     try:
         return loader.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as local_error:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if _hub_offline():
             raise OSError(
                 f"text model '{name}' is neither a local folder nor in the Hugging Face cache, and "
                 "HF_HUB_OFFLINE is set. On a machine with internet run "
@@ -116,10 +123,28 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL) -> PreTrainedModel:
 
 def native_pooling(name: str) -> str:
     """The pooling a model was trained with: ``mean`` for sentence-transformers models whose
-    ``1_Pooling/config.json`` asks for mean pooling, otherwise ``cls``."""
+    ``1_Pooling/config.json`` asks for mean pooling, otherwise ``cls``. The file is read from
+    the model's folder or, for a hub id, from the Hugging Face cache (fetched when online)."""
     if name == TINY_RANDOM:
         return "mean"
-    config = Path(resolve(name)) / "1_Pooling" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
+    config = pooling_config_file(name)
+    if config is not None and json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
         return "mean"
     return "cls"
+
+
+def pooling_config_file(name: str) -> Path | None:
+    """The sentence-transformers ``1_Pooling/config.json`` of a model, ``None`` if it has none."""
+    source = resolve(name)
+    if Path(source).is_dir():
+        config = Path(source) / POOLING_CONFIG
+        return config if config.is_file() else None
+    cached = huggingface_hub.try_to_load_from_cache(source, POOLING_CONFIG)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None or _hub_offline():  # known absent, or not cached and no hub to ask
+        return None
+    try:
+        return Path(huggingface_hub.hf_hub_download(source, POOLING_CONFIG))
+    except EntryNotFoundError:
+        return None
