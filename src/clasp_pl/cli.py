@@ -1,7 +1,8 @@
 """The ``clasp`` command.
 
 - ``clasp fit|validate|test --config conf/...yaml`` trains or evaluates with LightningCLI;
-- ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records;
+- ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records,
+  ``clasp data keywords`` extracts keyword captions for stage-2 fine-tuning;
 - ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
 - ``clasp finetune``: property prediction from the pretrained crystal encoder;
 - ``clasp probe``: linear probes of the frozen crystal encoder, pretrained vs random init;
