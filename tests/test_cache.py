@@ -103,3 +103,48 @@ def test_parallel_build_equals_serial(tmp_path):
     )
     for i in range(len(inputs)):
         np.testing.assert_array_equal(serial[i]["values"], parallel[i]["values"])
+
+
+class DiesOn:
+    """``squares`` that raises (a crashed build) on a shard containing ``fatal``."""
+
+    def __init__(self, fatal: int):
+        self.fatal = fatal
+
+    def __call__(self, inputs):
+        if self.fatal in inputs:
+            raise RuntimeError("crash")
+        return squares(inputs)
+
+
+def test_resume_with_another_shard_size_starts_over(tmp_path):
+    inputs = [1, 2, 100, 3, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(RuntimeError, match="crash"):
+        build_store(tmp_path / "s", inputs, DiesOn(100), {"v": 1}, "src", shard_size=2)
+    assert len(json.loads((tmp_path / "s" / "manifest.json").read_text())["shards"]) == 1
+    store, _ = build_store(tmp_path / "s", inputs, squares, {"v": 1}, "src", shard_size=4)
+    assert store.field("n").tolist() == inputs
+
+
+def test_finished_store_is_reused_whatever_the_shard_size(tmp_path):
+    counter = CountingShards()
+    build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"v": 1}, "src", shard_size=2)
+    store, _ = build_store(tmp_path / "s", [1, 2, 3, 4], counter, {"v": 1}, "src", shard_size=4)
+    assert counter.calls == 2 and store.field("n").tolist() == [1, 2, 3, 4]
+
+
+def test_empty_store_has_empty_lengths_and_fields(tmp_path):
+    store, rejects = build_store(tmp_path / "s", [-1, -2, -3], squares, {"v": 1}, "src", 2)
+    assert len(store) == 0 and len(rejects) == 3
+    assert store.lengths("values").shape == (0,) and store.field("n").shape == (0,)
+
+
+def test_reject_with_placeholder_fields_keeps_its_place(tmp_path):
+    def placeholders(inputs):
+        return [
+            {"n": np.array([n]), "__reject__": {"id": str(n)}} if n < 0 else {"n": np.array([n])}
+            for n in inputs
+        ]
+
+    store, rejects = build_store(tmp_path / "s", [1, -2, 3], placeholders, {"v": 1}, "src")
+    assert store.field("n").tolist() == [1, -2, 3] and rejects == [{"id": "-2"}]

@@ -14,7 +14,9 @@ the ``.npy`` files: nothing is unpickled per item, so a 400k-item store opens in
 Builds are crash-safe: a shard is written to ``shard-XXXXX.tmp`` and renamed; the manifest is
 rewritten atomically after every finished shard. Re-running a build with the same key and source
 skips finished shards; a different key or source (e.g. another cutoff radius) wipes the store and
-rebuilds it, never silently reusing stale features.
+rebuilds it, never silently reusing stale features. Shards are numbered, so an unfinished build is
+only resumed with the shard size it was started with (another size starts it over); a finished
+store is reused whatever the shard size asked for.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
-from multiprocessing import get_context
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from clasp_pl.data.parallel import parallel_map
 
 MANIFEST = "manifest.json"
 Item = dict[str, np.ndarray]
@@ -62,11 +65,9 @@ def write_shard(folder: Path, items: list[Item]) -> None:
     tmp.mkdir(parents=True)
     fields = items[0].keys() if items else []
     for name in fields:
-        arrays = [np.asarray(item[name]) for item in items]
-        lengths = np.array([a.shape[0] if a.ndim else 1 for a in arrays], dtype=np.int64)
-        values = np.concatenate(
-            [a.reshape(-1, *a.shape[1:]) if a.ndim else a[None] for a in arrays]
-        )
+        arrays = [np.atleast_1d(item[name]) for item in items]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        values = np.concatenate(arrays)
         np.save(tmp / f"{name}.npy", values)
         np.save(tmp / f"{name}.ptr.npy", np.r_[0, np.cumsum(lengths)])
     shutil.rmtree(folder, ignore_errors=True)
@@ -108,19 +109,28 @@ class ArrayStore:
         }
 
     def lengths(self, name: str) -> np.ndarray:
-        """``[n_items]`` length of each item's value of a field (from the offsets alone)."""
+        """``[n_items]`` int64 length of each item's value of a field (from the offsets alone)."""
+        if not self._shards:
+            return np.zeros(0, np.int64)
         return np.concatenate([np.diff(shard[name][1]) for shard in self._shards])
 
     def field(self, name: str) -> np.ndarray:
-        """All items' values of a field concatenated (for per-item scalars: ``[n_items]``)."""
+        """All items' values of a field concatenated (for per-item scalars: ``[n_items]``).
+
+        An empty store has no recorded fields or dtypes: any name gives an empty int64 array
+        (usable as an index).
+        """
+        if not self._shards:
+            return np.zeros(0, np.int64)
         return np.concatenate([np.asarray(shard[name][0]) for shard in self._shards])
 
 
 def _run_shard(args: tuple[ShardFn, Path, Sequence]) -> tuple[str, int, list[dict]]:
+    """Compute and write one shard; returns its name, item count and rejects."""
     shard_fn, folder, inputs = args
     items = shard_fn(inputs)
-    produced = [item for item in items if "__reject__" not in item]
-    rejects = [item["__reject__"] for item in items if "__reject__" in item]
+    rejects = [item.pop("__reject__") for item in items if "__reject__" in item]
+    produced = [item for item in items if item]  # a bare reject left nothing to store
     write_shard(folder, produced)
     return folder.name, len(produced), rejects
 
@@ -141,12 +151,14 @@ def build_store(
         root: store folder.
         inputs: the items to process, in order (e.g. record lines).
         shard_fn: maps a slice of inputs to a list of items; an item that failed is returned as
-            ``{"__reject__": {...reason...}}`` and is left out of the store. Must be picklable
-            (a module-level function or ``functools.partial``) when ``workers > 1``.
+            ``{"__reject__": {...reason...}}`` and is left out of the store, or, for a store that
+            keeps one item per input, with placeholder fields next to ``__reject__``: those are
+            stored, the reject is reported. Must be picklable (a module-level function or
+            ``functools.partial``) when ``workers > 1``.
         key: JSON-serialisable description of the computation (config, model, versions).
         source: fingerprint of the inputs (e.g. the records file's sha256).
-        shard_size: inputs per shard.
-        workers: processes used to compute shards.
+        shard_size: inputs per shard (an unfinished build resumes only with the same size).
+        workers: processes used to compute shards (see :func:`parallel_map`).
 
     Returns:
         The opened store and the rejects collected in this call (resumed shards' rejects were
@@ -158,9 +170,16 @@ def build_store(
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if manifest and manifest.get("complete") and _same_build(manifest, wanted):
         return ArrayStore(root), []
-    if not manifest or not _same_build(manifest, wanted):
+    if not (manifest and _same_build(manifest, wanted) and _same_shards(manifest, shard_size)):
         shutil.rmtree(root, ignore_errors=True)
-        manifest = {**wanted, "complete": False, "shards": [], "fields": [], "rejects": []}
+        manifest = {
+            **wanted,
+            "shard_size": shard_size,
+            "complete": False,
+            "shards": [],
+            "fields": [],
+            "rejects": [],
+        }
     root.mkdir(parents=True, exist_ok=True)
 
     n_shards = (len(inputs) + shard_size - 1) // shard_size
@@ -172,7 +191,9 @@ def build_store(
     ]
     new_rejects: list[dict] = []
     with tqdm(total=n_shards, initial=n_shards - len(todo), desc=desc, unit="shard") as bar:
-        for name, count, rejects in _map(_run_shard, todo, workers):
+        for name, count, rejects in parallel_map(
+            _run_shard, todo, workers=workers, progress=False
+        ):
             manifest["shards"].append({"name": name, "count": count})
             manifest["rejects"].extend(rejects)
             new_rejects.extend(rejects)
@@ -187,19 +208,17 @@ def build_store(
 
 
 def _same_build(manifest: dict, wanted: dict) -> bool:
+    """Whether a manifest describes the same computation (key) on the same inputs (source)."""
     return (
         manifest.get("key_hash") == wanted["key_hash"]
         and manifest.get("source") == wanted["source"]
     )
 
 
+def _same_shards(manifest: dict, shard_size: int) -> bool:
+    """Whether an unfinished build's shards cut the inputs as ``shard_size`` does (resumable)."""
+    return manifest.get("shard_size") == shard_size
+
+
 def _fields_of(folder: Path) -> list[str]:
     return sorted(p.name[: -len(".npy")] for p in folder.glob("*.npy") if ".ptr." not in p.name)
-
-
-def _map(fn: Callable, jobs: list, workers: int) -> Iterable:
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    with get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(fn, jobs)
