@@ -9,6 +9,8 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
 
 from clasp_pl.data.commands import main
 from clasp_pl.data.ingest import (
@@ -159,3 +161,41 @@ def test_command_line(cod_mirror: Path, tmp_path: Path, capsys: pytest.CaptureFi
         ]
     )
     assert code == 0 and "kept 11 of 12" in capsys.readouterr().out
+
+
+def test_doi_metadata_keywords_string_is_split_like_a_table_cell(
+    cod_mirror: Path, tmp_path: Path
+) -> None:
+    metadata = tmp_path / "meta.jsonl"
+    line = {"doi": "10.1107/S0108270189004269", "keywords": "garnet; spinel ;"}
+    metadata.write_text(json.dumps(line) + "\n")
+    out = tmp_path / "kw.jsonl.gz"
+    ingest_folder(cod_mirror, out, metadata=metadata, progress=False)
+    records = {record.id: record for record in read_records(out)}
+    assert records["1101051"].keywords == ["garnet", "spinel"]
+
+
+def _cif_row(record_id: str, structure: Structure) -> dict[str, str]:
+    return {"id": record_id, "cif": str(CifWriter(structure))}
+
+
+def test_disorder_and_primitive_cell_are_noted_in_meta(tmp_path: Path) -> None:
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0] * 3, [0.5] * 3]
+    )
+    vacant = Structure(Lattice.cubic(4.0), [{"Fe": 0.2}, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows = [
+        _cif_row("super", rocksalt * (3, 3, 3)),  # 216 sites > max_atoms: the primitive cell
+        _cif_row("vacant", vacant),  # a mostly empty Fe site is dropped
+        _cif_row("plain", rocksalt),
+    ]
+    table = tmp_path / "t.jsonl"
+    table.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    ingest_table(table, tmp_path / "t.jsonl.gz", progress=False)
+    records = {record.id: record for record in read_records(tmp_path / "t.jsonl.gz")}
+    assert records["super"].meta["primitive_cell"] is True and records["super"].num_sites == 2
+    assert records["vacant"].meta["n_dropped_sites"] == 1
+    assert records["vacant"].meta["n_disordered_sites"] == 1
+    assert not {"primitive_cell", "n_dropped_sites", "n_disordered_sites"} & set(
+        records["plain"].meta
+    )

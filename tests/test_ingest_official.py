@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,28 @@ def test_cli_options(official: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert read_records(out)[0].id == IDS[0]
     bad = ["ingest", "--table", str(official["table"]), "--cod-table", str(official["table"])]
     assert data_main([*bad, "--out", str(tmp_path / "x.jsonl.gz")]) == 2
+
+
+def test_metadata_by_doi_wins_over_the_cod_table(official: dict[str, Path], tmp_path: Path) -> None:
+    metadata = tmp_path / "meta.jsonl"
+    lines = [
+        {"doi": f"10.1/{IDS[2]}", "title": "Meta title", "keywords": ["k1", "k2"]},
+        {"id": IDS[3], "title": "Id title"},
+        {"doi": f"10.1/{IDS[3]}", "title": "Doi title", "abstract": "Doi abstract"},
+    ]
+    metadata.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "meta.jsonl.gz"
+    ingest_folder(
+        official["mirror"],
+        out,
+        metadata=metadata,
+        cod_table=official["table"],
+        abstracts=official["abstracts"],
+        progress=False,
+    )
+    records = {record.id: record for record in read_records(out)}
+    assert (records[IDS[2]].title, records[IDS[2]].keywords) == ("Meta title", ["k1", "k2"])
+    # the line found by id wins over the one found by DOI, which fills the rest
+    assert (records[IDS[3]].title, records[IDS[3]].abstract) == ("Id title", "Doi abstract")
+    assert records[IDS[4]].title == f"Table title {IDS[4]}"
+    assert records[IDS[0]].meta["mineral"] == "Halite"  # COD table meta columns still kept

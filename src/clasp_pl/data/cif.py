@@ -26,9 +26,11 @@ Species are reduced to plain element symbols: oxidation states and charges (``Fe
 are dropped, site-label suffixes are ignored, and the hydrogen isotopes deuterium and tritium
 (``D``, ``T``) become ``H``.
 
-Reject reasons (``Reject.reason``): ``not_utf8``, ``unparseable``, ``no_sites``, ``non_finite``,
-``bad_cell`` (zero or negative cell volume), ``partial_occupancy``, ``too_many_atoms``,
-``unknown_element`` and, applied by ingestion, ``missing_text``.
+Reject reasons (``Reject.reason``): ``unreadable`` (the file cannot be read), ``not_utf8``,
+``unparseable``, ``no_sites``, ``non_finite``, ``bad_cell`` (zero or negative cell volume),
+``partial_occupancy``, ``too_many_atoms``, ``unknown_element``; applied by ingestion,
+``missing_text``; and applied by the feature caches (:mod:`clasp_pl.data.featurize`) to a record
+whose graph or descriptors cannot be computed, ``featurization_failed``.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ class _Atoms:
         lattice: ``[3, 3]`` lattice vectors as rows, Å.
         frac: ``[n, 3]`` fractional coordinates wrapped into [0, 1).
         elements: ``[n]`` element symbols.
-        occupancies: ``[n]`` site occupancies in (0, 1].
+        occupancies: ``[n]`` site occupancies, normally in [0, 1]; atoms with occupancy 0 (listed
+            but empty) are expected and dropped by :func:`_drop_duplicates`.
         labels: ``[n]`` site labels (symmetry copies share their label).
     """
 
@@ -169,18 +172,17 @@ def element_symbol(symbol: str) -> str:
     raise CifError("unknown_element", f"unknown element symbol {symbol!r}")
 
 
-def read_cif_bytes(
-    data: bytes,
-    name: str,
-    *,
-    reader: Reader = "gemmi",
-    occupancy: OccupancyPolicy = "majority",
-    max_atoms: int = DEFAULT_MAX_ATOMS,
-) -> ParsedCif:
-    """Decode and parse CIF bytes; see :func:`parse_cif`. Raises :class:`CifError`."""
-    return parse_cif(
-        decode_cif_bytes(data, name), name, reader=reader, occupancy=occupancy, max_atoms=max_atoms
-    )
+def read_cif_text(path: str | Path) -> str:
+    """The text of a CIF file.
+
+    Raises:
+        CifError: ``unreadable`` when the file cannot be read, ``not_utf8`` on bad bytes.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CifError("unreadable", f"{path}: {err.strerror}") from None
+    return decode_cif_bytes(data, str(path))
 
 
 def read_cif(
@@ -196,13 +198,10 @@ def read_cif(
     """
     path = Path(path)
     try:
-        return read_cif_bytes(
-            path.read_bytes(), str(path), reader=reader, occupancy=occupancy, max_atoms=max_atoms
-        )
+        text = read_cif_text(path)
+        return parse_cif(text, str(path), reader=reader, occupancy=occupancy, max_atoms=max_atoms)
     except CifError as err:
         return err.to_reject(str(path), path.stem)
-    except OSError as err:
-        return Reject(str(path), path.stem, "unreadable", f"{path}: {err}")
 
 
 def parse_cif(

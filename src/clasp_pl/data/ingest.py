@@ -4,7 +4,8 @@ Input A, :func:`ingest_folder`: CIF files found recursively (the COD mirror layo
 ``cif/1/00/00/1000000.cif`` works; the record id is the file stem), with optional text by id:
 
 - a metadata JSON Lines file whose lines carry ``id`` (COD id) or ``doi`` and any of ``title``,
-  ``abstract``, ``keywords`` (list), ``year``;
+  ``abstract``, ``keywords`` (a list, or one string split on ``;``), ``year``; a line is found by
+  the record's id or else by its DOI (from the CIF or the COD table);
 - the COD metadata table as the official CLaSP pipeline downloads it (a CSV export of COD's SQL
   ``data`` table: ``file`` is the COD id, plus ``title``, ``doi``, ``year``, ``journal``,
   ``mineral``...). Given a table, the structures are the table's rows, in its order, read from
@@ -13,7 +14,8 @@ Input A, :func:`ingest_folder`: CIF files found recursively (the COD mirror layo
   ``DOI``, ``File`` = COD id, ``Title``, ``Abstract``), joined by COD id.
 
 Metadata wins over the COD table, which wins over the abstracts CSV; all win over the CIF's own
-fields.
+fields. A field is taken from the first of these that has it (non-empty); between metadata lines,
+the one found by id wins over the one found by DOI.
 
 Input B, :func:`ingest_table`: a CSV or JSON Lines table with a ``cif`` column (CIF text) or a
 ``path`` column (relative to the table's folder), an ``id`` column (else ``material_id``, else
@@ -23,24 +25,23 @@ other numeric column goes into ``meta`` (e.g. perov_5's ``heat_ref``, ``dir_gap`
 Both write the records with :func:`~clasp_pl.data.records.write_records`, the rejects as JSON
 Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts. Bad input
 never raises: every problem becomes a reject. Work is spread over ``workers`` processes with
-the output order equal to the input order.
+the output order equal to the input order. How a record's disorder and size were resolved is kept
+in its ``meta`` when it happened: ``n_disordered_sites``, ``n_dropped_sites`` (vacancy-majority
+sites removed) and ``primitive_cell`` (the primitive cell replaced a too large conventional one).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-from tqdm import tqdm
+from typing import Any
 
 from clasp_pl.data.cif import (
     DEFAULT_MAX_ATOMS,
@@ -49,12 +50,12 @@ from clasp_pl.data.cif import (
     ParsedCif,
     Reader,
     Reject,
-    decode_cif_bytes,
     parse_cif,
+    read_cif_text,
 )
-from clasp_pl.data.records import CrystalRecord, write_records
+from clasp_pl.data.parallel import parallel_map
+from clasp_pl.data.records import CrystalRecord, paper_group, write_records
 
-T = TypeVar("T")
 TEXT_COLUMNS = ("title", "abstract", "keywords", "doi")
 _NOT_META = {"", "id", "material_id", "cif", "path", "year", *TEXT_COLUMNS}
 COD_META_COLUMNS = ("journal", "mineral")
@@ -74,13 +75,23 @@ class IngestOptions:
 
 @dataclass
 class Job:
-    """One structure to ingest: CIF text or a CIF path, plus text and meta overrides."""
+    """One structure to ingest: CIF text or a CIF path, plus text and meta overrides.
+
+    Attributes:
+        text: text fields (``title``, ``abstract``, ``keywords``, ``doi``, ``year``,
+            ``journal``, ``mineral``) of a table row, the COD table or the abstracts CSV; they
+            win over the CIF's own (see :func:`apply_text`).
+        metadata: the metadata file's line for this id, applied by :func:`run_jobs` after the
+            line found by DOI, so it wins over that line and over ``text``.
+        meta: other values kept in the record's ``meta`` (a table's numeric columns).
+    """
 
     id: str
     source: str
     cif: str | None = None
     path: str | None = None
     text: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,10 +129,10 @@ def ingest_folder(
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() == ".cif")
     jobs = []
     for path in paths:
-        sources = (crossref.get(path.stem, {}), cod.get(path.stem, {}), by_id.get(path.stem, {}))
+        sources = (crossref.get(path.stem, {}), cod.get(path.stem, {}))
         text = {key: value for entry in sources for key, value in entry.items() if value}
-        meta = {key: text.pop(key) for key in COD_META_COLUMNS if key in text}
-        jobs.append(Job(id=path.stem, source=str(path), path=str(path), text=text, meta=meta))
+        metadata = by_id.get(path.stem, {})
+        jobs.append(Job(path.stem, str(path), path=str(path), text=text, metadata=metadata))
     return run_jobs(
         jobs, out, rejects, options, workers=workers, progress=progress, metadata_by_doi=by_doi
     )
@@ -154,8 +165,22 @@ def load_metadata(path: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
             if key is not None:
                 by_id[str(key)] = entry
             if entry.get("doi"):
-                by_doi[str(entry["doi"]).strip().lower()] = entry
+                by_doi[doi_key(entry["doi"])] = entry
     return by_id, by_doi
+
+
+def doi_key(doi: Any) -> str:
+    """A DOI as an index key: stripped and lower-case (DOIs are case-insensitive)."""
+    return str(doi).strip().lower()
+
+
+def normalise_keywords(value: Any) -> list[str]:
+    """Keywords of a table cell or metadata field: a list, or one string split on ``;``; each
+    stripped, empty ones dropped (``"rock; salt"`` -> ``["rock", "salt"]``)."""
+    if not value:
+        return []
+    items = value.split(";") if isinstance(value, str) else value
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def cod_mirror_path(root: str | Path, cod_id: str) -> Path:
@@ -262,8 +287,8 @@ def run_jobs(
 ) -> dict[str, Any]:
     """Convert jobs to records (in order) and write records and rejects; returns the summary.
 
-    Metadata found by the DOI read from a CIF is applied here, in the parent process, so the
-    (possibly large) metadata index is never sent to the workers.
+    Metadata lines are applied here, in the parent process, so the (possibly large) index of
+    lines by DOI is never sent to the workers: the DOI is known only once the CIF is read.
     """
     convert = partial(job_to_record, options=options)
     results = parallel_map(convert, jobs, workers=workers, progress=progress, desc="ingest")
@@ -280,16 +305,13 @@ def _finish(
     metadata_by_doi: dict[str, dict[str, Any]],
     require_text: bool,
 ) -> CrystalRecord | Reject:
-    """Apply DOI-keyed metadata (when the job had none) and the ``require_text`` rule."""
+    """Apply the metadata lines (found by DOI, then by id: the id's line wins) over the record's
+    text, then the ``require_text`` rule."""
     if isinstance(result, Reject):
         return result
-    entry = metadata_by_doi.get(result.doi.lower()) if result.doi and not job.text else None
-    if entry:
-        result.title = str(entry.get("title") or result.title)
-        result.abstract = str(entry.get("abstract") or result.abstract)
-        result.keywords = [str(k) for k in entry.get("keywords") or result.keywords]
-        if entry.get("year"):
-            result.meta["year"] = entry["year"]
+    by_doi = metadata_by_doi.get(doi_key(job.metadata.get("doi") or result.doi), {})
+    for metadata in (by_doi, job.metadata):
+        apply_text(result, metadata)
     if require_text and not result.has_text:
         return Reject(job.source, job.id, "missing_text", f"{job.source}: no title or abstract")
     return result
@@ -326,31 +348,6 @@ def write_outputs(
     }
 
 
-def parallel_map(
-    function: Callable[[Any], T],
-    items: list[Any],
-    *,
-    workers: int = 1,
-    progress: bool = True,
-    desc: str = "",
-) -> Iterator[T]:
-    """``map`` over ``workers`` processes, in input order, with a tqdm progress bar."""
-    bar = tqdm(total=len(items), desc=desc, unit="cif", disable=not progress, file=sys.stderr)
-    try:
-        if workers <= 1:
-            for item in items:
-                yield function(item)
-                bar.update()
-            return
-        chunksize = max(1, min(64, len(items) // (workers * 8) or 1))
-        with multiprocessing.get_context().Pool(workers) as pool:
-            for result in pool.imap(function, items, chunksize=chunksize):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
-
-
 def job_to_record(job: Job, options: IngestOptions) -> CrystalRecord | Reject:
     """Read one job's CIF and attach its text; never raises for bad input.
 
@@ -381,30 +378,46 @@ def _job_text(job: Job) -> str:
         return job.cif
     if job.path is None:
         raise CifError("unparseable", f"{job.source}: neither a cif nor a path column")
-    try:
-        data = Path(job.path).read_bytes()
-    except OSError as err:
-        raise CifError("unreadable", f"{job.source}: {err.strerror}: {job.path}") from None
-    return decode_cif_bytes(data, job.path)
+    return read_cif_text(job.path)
 
 
 def _record(job: Job, parsed: ParsedCif) -> CrystalRecord:
-    """Record of a parsed CIF; job text (metadata, table columns) wins over CIF fields."""
+    """Record of a parsed CIF, with the job's text applied over the CIF's own fields."""
     cif = parsed.text
-    text = job.text
-    keywords = text.get("keywords") or []
-    if isinstance(keywords, str):
-        keywords = [k.strip() for k in keywords.split(";") if k.strip()]
-    meta = {"year": text.get("year") or cif.year, "journal": cif.journal, **job.meta}
-    if parsed.n_disordered:
-        meta["n_disordered_sites"] = parsed.n_disordered
-    return CrystalRecord.from_structure(
+    meta = {"year": cif.year, "journal": cif.journal, **job.meta, **_resolution_meta(parsed)}
+    record = CrystalRecord.from_structure(
         job.id,
         parsed.structure,
-        title=str(text.get("title") or cif.title),
-        abstract=str(text.get("abstract") or ""),
-        keywords=[str(k) for k in keywords],
-        doi=str(text.get("doi") or cif.doi),
+        title=cif.title,
+        doi=cif.doi,
         source=job.source,
         meta={key: value for key, value in meta.items() if value not in (None, "")},
     )
+    apply_text(record, job.text)
+    return record
+
+
+def _resolution_meta(parsed: ParsedCif) -> dict[str, int | bool]:
+    """How a CIF's disorder and size were resolved (see the module docstring), when they were."""
+    notes = {
+        "n_disordered_sites": parsed.n_disordered,
+        "n_dropped_sites": parsed.n_dropped,
+        "primitive_cell": parsed.primitive,
+    }
+    return {key: value for key, value in notes.items() if value}
+
+
+def apply_text(record: CrystalRecord, text: dict[str, Any]) -> None:
+    """Overwrite a record's text with the non-empty fields of ``text`` (a table row, a COD table
+    or abstracts entry, a metadata line): ``title``, ``abstract``, ``keywords`` (see
+    :func:`normalise_keywords`) and ``doi``, and ``year``, ``journal``, ``mineral`` into
+    ``meta``. The record's paper group follows its (new) DOI and title."""
+    for name in ("title", "abstract", "doi"):
+        if text.get(name):
+            setattr(record, name, str(text[name]))
+    if keywords := normalise_keywords(text.get("keywords")):
+        record.keywords = keywords
+    for name in ("year", *COD_META_COLUMNS):
+        if text.get(name):
+            record.meta[name] = text[name]
+    record.group = paper_group(record.doi, record.title, record.id)
