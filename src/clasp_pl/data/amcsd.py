@@ -14,7 +14,6 @@ coordinates and occupancies as base64 ``int32`` arrays scaled by 4e6 (2.0 encode
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.util
 import json
 import re
@@ -29,7 +28,9 @@ import numpy as np
 from pymatgen.core import Element
 
 from clasp_pl.data.cif import CifError, Reject, parse_cif
-from clasp_pl.data.ingest import parallel_map, write_outputs
+from clasp_pl.data.cache import file_fingerprint
+from clasp_pl.data.ingest import write_outputs
+from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group
 
 FARRAY_SCALE = 4.0e6
@@ -84,7 +85,6 @@ class AmcsdRow:
     volume: str
     year: int | None
     page_first: str
-    page_last: str
     authors: list[str]
     cell: list[str]
     symops: list[str]
@@ -220,7 +220,7 @@ def iter_rows(db: str | Path) -> Iterator[AmcsdRow]:
         elements = _elements(connection)
         query = """
             SELECT c.id, c.pub_title, m.name, p.id, p.journalname, p.volume, p.year,
-                   p.page_first, p.page_last, c.a, c.b, c.c, c.alpha, c.beta, c.gamma,
+                   p.page_first, c.a, c.b, c.c, c.alpha, c.beta, c.gamma,
                    s.symmetry_xyz, c.atoms_sites, c.atoms_x, c.atoms_y, c.atoms_z,
                    c.atoms_occupancy
             FROM cif c
@@ -251,8 +251,8 @@ def _elements(connection: sqlite3.Connection) -> dict[str, set[str]]:
 
 
 def _row(row: tuple, authors: dict[int, list[str]], elements: dict[str, set[str]]) -> AmcsdRow:
-    (cif_id, title, mineral, pub_id, journal, volume, year, page_first, page_last) = row[:9]
-    cell, (symops, labels, x, y, z, occupancy) = list(row[9:15]), row[15:]
+    (cif_id, title, mineral, pub_id, journal, volume, year, page_first) = row[:8]
+    cell, (symops, labels, x, y, z, occupancy) = list(row[8:14]), row[14:]
     frac = np.stack([decode_farray(x), decode_farray(y), decode_farray(z)], axis=1)
     return AmcsdRow(
         id=int(cif_id),
@@ -262,7 +262,6 @@ def _row(row: tuple, authors: dict[int, list[str]], elements: dict[str, set[str]
         volume=str(volume or ""),
         year=int(year) if year else None,
         page_first=str(page_first or ""),
-        page_last=str(page_last or ""),
         authors=authors.get(pub_id, []),
         cell=[str(value) for value in cell],
         symops=json.loads(symops) if symops else ["x,y,z"],
@@ -393,7 +392,7 @@ def build_default(
 
     results = parallel_map(convert, rows, workers=workers, progress=progress, desc="amcsd")
     summary = write_outputs(noted(results), out, None)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = file_fingerprint(out)
     sha_path = out.with_name(out.name.removesuffix(".gz").removesuffix(".jsonl") + ".sha256")
     sha_path.write_text(f"{digest}  {out.name}\n", encoding="utf-8")
     summary.update(papers=len(groups), db=str(db), sha256=digest, bytes=out.stat().st_size)
