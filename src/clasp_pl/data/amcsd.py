@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element
 
-from clasp_pl.data.cif import CifError, Reject, parse_cif
 from clasp_pl.data.cache import file_fingerprint
+from clasp_pl.data.cif import CifError, Reject, parse_cif
 from clasp_pl.data.ingest import write_outputs
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group
