@@ -200,6 +200,30 @@ def test_a_stage2_checkpoint_reloads_without_the_stage1_file(records_file, tmp_p
     assert saved["initialised_from"] == str(stage1)
 
 
+def test_checkpoints_leave_out_a_frozen_pretrained_text_tower(records_file, tmp_path):
+    """The frozen text tower's weights are the named model's: the checkpoint records their
+    fingerprint instead, loading restores them, and other weights are refused."""
+    text = TextConfig(model="tiny-random", freeze=True)
+    module = tiny_module(text)
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, data_module(records_file, tmp_path, text))
+    trainer.save_checkpoint(tmp_path / "slim.ckpt")
+    saved = torch.load(tmp_path / "slim.ckpt", weights_only=True)
+    assert not [k for k in saved["state_dict"] if k.startswith("text_tower.")]
+    assert saved["text_tower_weights"]["model"] == "tiny-random"
+    for restored in (
+        CLaSPModule.load_from_checkpoint(tmp_path / "slim.ckpt"),
+        CLaSPModule(**saved["hyper_parameters"], init_from=str(tmp_path / "slim.ckpt")),
+    ):
+        for name, tensor in module.state_dict().items():
+            if not (name.startswith("loss_fn.") and restored.initialised_from):
+                assert torch.equal(tensor, restored.state_dict()[name]), name
+    saved["text_tower_weights"]["fingerprint"] = "0" * 16  # as if the text model had changed
+    torch.save(saved, tmp_path / "other_text.ckpt")
+    with pytest.raises(ValueError, match="fingerprint 0000000000000000"):
+        CLaSPModule.load_from_checkpoint(tmp_path / "other_text.ckpt")
+
+
 def test_cached_text_features_are_refused_for_a_trained_text_tower(records_file, tmp_path):
     """Stage 1 trained the text tower; stage 2 freezes it: the cache of the pristine model's
     outputs would silently replace the checkpoint's text tower, so fitting stops with advice."""
@@ -242,6 +266,10 @@ def test_biases_and_norms_get_no_weight_decay(records_file, tmp_path):
         if any(p is q for p in g["params"] for q in module.text_tower.parameters())
     }
     assert len(text_lrs) == 1  # text groups keep the text learning rate
+    trainer.save_checkpoint(tmp_path / "trained_text.ckpt")  # a trained text tower is kept
+    saved = torch.load(tmp_path / "trained_text.ckpt", weights_only=True)
+    assert "text_tower_weights" not in saved
+    assert any(k.startswith("text_tower.") for k in saved["state_dict"])
 
 
 def test_pooling_of_a_hub_id_comes_from_the_hugging_face_cache(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -63,6 +64,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
 
 
+TEXT_TOWER_PREFIX = "text_tower."
+OMITTED_TEXT_WEIGHTS = "text_tower_weights"  # checkpoint key: which frozen weights were left out
+
 # Checkpoints store these configs in their hyper-parameters; allow them under weights_only loads.
 torch.serialization.add_safe_globals(
     [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig]
@@ -79,6 +83,11 @@ class CLaSPModule(L.LightningModule):
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
     checkpoint never needs that file again. It is recorded as ``initialised_from`` in this run's
     checkpoints (and in the resolved config beside the logs).
+
+    A frozen text tower that still holds its pretrained model's weights is left out of the
+    checkpoints (``text_tower_weights`` records the model name and the weights' fingerprint
+    instead): 92 MB less per checkpoint with MiniLM, 440 MB with SciBERT. Loading puts the same
+    model's weights back, and refuses a text model whose weights differ from the recorded ones.
     """
 
     def __init__(
@@ -131,7 +140,9 @@ class CLaSPModule(L.LightningModule):
         Raises:
             ValueError: naming every tensor that is missing, unexpected or of another shape.
         """
-        source = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        self.restore_omitted_text_weights(checkpoint, ckpt)
+        source = checkpoint["state_dict"]
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("loss_fn.")}
         source = {k: v for k, v in source.items() if not k.startswith("loss_fn.")}
         problems = [f"missing in {ckpt}: {k}" for k in own.keys() - source.keys()]
@@ -144,7 +155,7 @@ class CLaSPModule(L.LightningModule):
         if problems:
             raise ValueError(f"cannot initialise from {ckpt}:\n  " + "\n  ".join(sorted(problems)))
         self.text_tower_from_checkpoint = any(
-            not torch.equal(v, source[k]) for k, v in own.items() if k.startswith("text_tower.")
+            not torch.equal(v, source[k]) for k, v in own.items() if k.startswith(TEXT_TOWER_PREFIX)
         )
         self.load_state_dict(source, strict=False)
 
@@ -205,8 +216,42 @@ class CLaSPModule(L.LightningModule):
                 "tower)"
             )
 
+    # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record ``initialised_from``; leave out a frozen text tower's pretrained weights."""
         checkpoint["initialised_from"] = self.initialised_from
+        if self.text_tower.frozen and not self.text_tower_from_checkpoint:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEXT_TOWER_PREFIX)]:
+                del state[key]
+            checkpoint[OMITTED_TEXT_WEIGHTS] = {
+                "model": self.text_tower.text_model_name,
+                "fingerprint": self.text_tower.weights_fingerprint(),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore_omitted_text_weights(checkpoint, "the checkpoint")
+
+    def restore_omitted_text_weights(self, checkpoint: dict, source: str | Path) -> None:
+        """Put this model's text-tower weights into a checkpoint that left them out, after
+        checking that they are the ones it was trained with (its recorded fingerprint).
+
+        Raises:
+            ValueError: the text model here has other weights (another model, or a revision).
+        """
+        record = checkpoint.get(OMITTED_TEXT_WEIGHTS)
+        if record is None:
+            return
+        found = self.text_tower.weights_fingerprint()
+        if found != record["fingerprint"]:
+            raise ValueError(
+                f"{source} was trained with the frozen text model {record['model']!r} of weights "
+                f"fingerprint {record['fingerprint']}, which it does not store; the text model "
+                f"{self.text_tower.text_model_name!r} here has fingerprint {found}. Load it with "
+                "the same model files (--model.text.model PATH)."
+            )
+        own = self.text_tower.state_dict(prefix=TEXT_TOWER_PREFIX, keep_vars=False)
+        checkpoint["state_dict"].update(own)
 
     def on_fit_start(self) -> None:
         """Record how the text tower is pooled ("auto" resolves to the model's own convention)."""
