@@ -61,10 +61,6 @@ class CrystalGraph:
     edge_dst: np.ndarray
     edge_dist: np.ndarray
 
-    @property
-    def num_atoms(self) -> int:
-        return int(self.atomic_numbers.shape[0])
-
 
 def nearest_neighbor_edges(
     centers: np.ndarray, distances: np.ndarray, max_neighbors: int, tie_tolerance: float = 1e-4
