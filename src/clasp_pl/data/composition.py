@@ -8,21 +8,24 @@ vector per structure (no graph):
 - ``[330]``     log(number of sites in the cell);
 - ``[331]``     volume per atom in Å^3, divided by 20;
 - ``[332]``     density in g/cm^3, divided by 5.
+
+A structure with an element beyond Z = 100 has no descriptor (:func:`composition_features`
+raises ``ValueError``; nothing is clipped): the cache stores its row as all-NaN and reports it as
+a ``featurization_failed`` reject. Such a record has no crystal graph either (CGCNN's atom table
+also ends at Z = 100), so it never appears in a pair.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from clasp_pl.data.records import CrystalRecord
-
 N_ELEMENTS = 100
 N_SPACE_GROUPS = 230
 COMPOSITION_DIM = N_ELEMENTS + N_SPACE_GROUPS + 3
+# Part of the composition cache's key: bump it whenever the layout or scaling above changes.
+COMPOSITION_FORMAT_VERSION = 1
 
 
 def space_group_number(structure: Structure, symprec: float = 0.1) -> int:
@@ -34,10 +37,16 @@ def space_group_number(structure: Structure, symprec: float = 0.1) -> int:
 
 
 def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarray:
-    """``[COMPOSITION_DIM]`` float32 descriptor of one ordered structure (layout above)."""
+    """``[COMPOSITION_DIM]`` float32 descriptor of one ordered structure (layout above).
+
+    Raises:
+        ValueError: for an element beyond Z = 100 (no element-fraction slot).
+    """
     features = np.zeros(COMPOSITION_DIM, np.float32)
     numbers = np.asarray(structure.atomic_numbers)
-    np.add.at(features, np.clip(numbers, 1, N_ELEMENTS) - 1, 1.0 / len(numbers))
+    if numbers.max(initial=0) > N_ELEMENTS:
+        raise ValueError(f"element with Z={numbers.max()} has no composition slot (Z <= 100)")
+    np.add.at(features, numbers - 1, 1.0 / len(numbers))
     group = space_group_number(structure, symprec)
     if group:
         features[N_ELEMENTS + group - 1] = 1.0
@@ -45,15 +54,3 @@ def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarr
     features[-2] = structure.volume / len(structure) / 20.0
     features[-1] = structure.density / 5.0
     return features
-
-
-def composition_shard(symprec: float, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-    """Descriptors of one shard of ``(record_index, record_json)``, one ``[1, F]`` item each."""
-    return [
-        {
-            "features": composition_features(CrystalRecord.from_json(line).to_structure(), symprec)[
-                None
-            ]
-        }
-        for _, line in indexed_lines
-    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +22,32 @@ from clasp_pl.data.featurize import (
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
-from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.data.text import CAPTION_FIELDS, empty_caption_length, pad_token_ids
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig, load_tokenizer
 from clasp_pl.training import ResumableDataLoader
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
+
+
+def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
+    """The cache folder of a records file: ``<cache_dir>/<name>-<hash>``, its file name without
+    ``.jsonl``/``.gz`` and 8 hex digits of the sha256 of its resolved absolute path, so records
+    files of one name in different folders (or ``cod`` and ``cod.v2``) never share a cache."""
+    records = Path(records)
+    name = records.name.removesuffix(".gz").removesuffix(".jsonl")
+    digest = hashlib.sha256(str(records.resolve()).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{name}-{digest}"
+
+
+def print_rejects(rejects: Sequence[dict], store: str) -> None:
+    """One line per record a feature store rejected (``id``, ``source``, ``reason``,
+    ``message``, as :func:`~clasp_pl.data.featurize.featurize_records` writes them)."""
+    for reject in rejects:
+        print(
+            f"{store}: skipped {reject['id']} ({reject['source']}): "
+            f"{reject['reason']}: {reject['message']}"
+        )
 
 
 class CrystalTextDataset(Dataset):
@@ -91,12 +112,7 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
     when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower outputs)
     and ``composition_features [B, 333]`` (composition-only baseline).
     """
-    lengths = [len(s["input_ids"]) for s in samples]
-    input_ids = np.full((len(samples), max(lengths)), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros_like(input_ids)
-    for row, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
-        input_ids[row, :length] = sample["input_ids"]
-        attention_mask[row, :length] = 1
+    input_ids, attention_mask = pad_token_ids([s["input_ids"] for s in samples], pad_token_id)
     batch = {
         **collate_graphs(samples),
         "input_ids": torch.from_numpy(input_ids),
@@ -133,7 +149,8 @@ class CrystalTextDataModule(SplitDataModule):
 
     Args:
         records: records file (``.jsonl.gz``); defaults to the embedded AMCSD dataset.
-        cache_dir: where cached graphs and tokens go (one sub-folder per records file).
+        cache_dir: where cached graphs and tokens go (one sub-folder per records file, see
+            :func:`records_cache_root`).
         text: text model settings, linked to the model's by the CLI: its tokenizer is used, and
             a frozen tower's pooled outputs are cached once when ``cache_text_features``.
         cache_text_features: for a frozen text tower, feed cached features instead of tokens.
@@ -181,7 +198,7 @@ class CrystalTextDataModule(SplitDataModule):
                 f"records file {self.records} not found: make one with `clasp data ingest` "
                 "or run from the repository root to use the embedded default"
             )
-        self.cache_root = Path(cache_dir) / f"{self.records.name.split('.')[0]}"
+        self.cache_root = records_cache_root(cache_dir, self.records)
         self.text = as_config(TextConfig, text)
         self.cache_text_features = cache_text_features
         self.composition_features = composition_features
@@ -204,15 +221,16 @@ class CrystalTextDataModule(SplitDataModule):
 
     def record_lines(self) -> tuple[list[str], str, str]:
         """The records (with the keywords file applied) as JSON lines, the fingerprint of the
-        structures (records file) and that of the text (records file + keywords file)."""
+        structures (records file) and that of the text (records file + keywords file).
+
+        With a keywords file, prints how many records it matched and warns when none."""
         lines = list(iter_record_lines(self.records))
         structures = source = file_fingerprint(self.records)
         if self.keywords:
-            from clasp_pl.data.keywords import apply_keywords, load_keyword_captions
+            from clasp_pl.data.keywords import apply_keyword_file
 
-            mapping, _stats = load_keyword_captions(self.keywords)
-            records = apply_keywords([CrystalRecord.from_json(line) for line in lines], mapping)
-            lines = [record.to_json() for record in records]
+            records = [CrystalRecord.from_json(line) for line in lines]
+            lines = [record.to_json() for record in apply_keyword_file(records, self.keywords)]
             source += ":" + file_fingerprint(self.keywords)
         return lines, structures, source
 
@@ -227,10 +245,7 @@ class CrystalTextDataModule(SplitDataModule):
             self.prepare_workers,
             **structure_args,
         )
-        for reject in rejects:
-            print(
-                f"skipped {reject['id']} ({reject['source']}): {reject['reason']}: {reject['message']}"
-            )
+        print_rejects(rejects, "crystal graphs")
         tokens = build_token_store(
             self.records,
             self.cache_root / "tokens",
@@ -250,12 +265,13 @@ class CrystalTextDataModule(SplitDataModule):
                 **text_args,
             )
         if self.composition_features:
-            per_record["composition_features"] = build_composition_store(
+            per_record["composition_features"], rejects = build_composition_store(
                 self.records,
                 self.cache_root / "composition",
                 workers=self.prepare_workers,
                 **structure_args,
             )
+            print_rejects(rejects, "composition features")
         return graphs, tokens, per_record
 
     def prepare_data(self) -> None:
@@ -266,9 +282,11 @@ class CrystalTextDataModule(SplitDataModule):
         if self.datasets:
             return
         graphs, tokens, per_record = self._build()  # caches exist by now: this only opens them
-        self.pad_token_id = load_tokenizer(self.text.model).pad_token_id or 0
+        tokenizer = load_tokenizer(self.text.model)
+        self.pad_token_id = tokenizer.pad_token_id or 0
         record_index = graphs.field("record_index")
-        has_text = tokens.lengths("input_ids")[record_index] > 2  # more than [CLS] [SEP]
+        no_text_length = empty_caption_length(tokenizer, self.max_length)  # special tokens only
+        has_text = tokens.lengths("input_ids")[record_index] > no_text_length
         if not has_text.all():
             print(f"{(~has_text).sum()} structures have no caption text and are left out of pairs")
         parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)

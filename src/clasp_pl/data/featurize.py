@@ -12,23 +12,35 @@ once; its fingerprint also covers a keywords file applied to the records):
 - ``text_features/`` (only for a frozen text tower): one ``[1, H]`` float32 item per record, the
   tower's pooled output computed once in eval mode, so training steps skip the text tower;
 - ``composition/`` (only for the composition-only baseline): one ``[1, 333]`` descriptor per
-  record (see :mod:`clasp_pl.data.composition`).
+  record (see :mod:`clasp_pl.data.composition`); all NaN for a record whose descriptor fails.
+
+A record whose graph or descriptor cannot be computed is a ``featurization_failed`` reject (the
+``build_*`` functions that featurize structures return them), never the end of the build.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from clasp_pl.data.cache import ArrayStore, ShardFn, build_store, file_fingerprint
-from clasp_pl.data.composition import COMPOSITION_DIM, composition_shard
+from clasp_pl.data.composition import (
+    COMPOSITION_DIM,
+    COMPOSITION_FORMAT_VERSION,
+    composition_features,
+)
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash64
-from clasp_pl.data.text import compose_caption
+from clasp_pl.data.text import (
+    CAPTION_FORMAT_VERSION,
+    compose_caption,
+    encode_captions,
+    pad_token_ids,
+)
 from clasp_pl.text_models import load_tokenizer, resolve
 
 GRAPH_FORMAT_VERSION = 1
@@ -63,36 +75,47 @@ def build_record_store(
     )
 
 
-def graph_shard(config: GraphConfig, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-    """Featurize one shard of ``(record_index, record_json)``; failures become rejects."""
+def featurize_records(
+    indexed_lines: Sequence[tuple[int, str]],
+    featurize: Callable[[int, CrystalRecord], dict],
+    placeholder: dict | None = None,
+) -> list[dict]:
+    """``featurize(record_index, record)`` for each record of a shard of ``(record_index,
+    record_json)``. A record it fails on becomes a ``featurization_failed`` reject, left out of
+    the store, or stored as ``placeholder`` (for stores with one item per record)."""
     items = []
     for index, line in indexed_lines:
         record = CrystalRecord.from_json(line)
         try:
-            graph = structure_to_graph(record.to_structure(), config)
+            items.append(featurize(index, record))
         except Exception as error:  # noqa: BLE001 - any failure of one record is a reject
-            items.append(
-                {
-                    "__reject__": {
-                        "id": record.id,
-                        "source": record.source,
-                        "reason": "featurization_failed",
-                        "message": str(error),
-                    }
-                }
-            )
-            continue
-        items.append(
-            {
-                "atomic_numbers": graph.atomic_numbers,
-                "edge_src": graph.edge_src,
-                "edge_dst": graph.edge_dst,
-                "edge_dist": graph.edge_dist,
-                "record_index": np.array([index], np.int64),
-                "group_id": np.array([stable_hash64(record.group)], np.int64),
+            reject = {
+                "id": record.id,
+                "source": record.source,
+                "reason": "featurization_failed",
+                "message": str(error),
             }
-        )
+            items.append({**(placeholder or {}), "__reject__": reject})
     return items
+
+
+def _graph_item(config: GraphConfig, index: int, record: CrystalRecord) -> dict:
+    """Graph item of record ``index``: ``atomic_numbers [N]``, ``edge_src``, ``edge_dst``,
+    ``edge_dist [E]`` (Å), ``record_index [1]`` and ``group_id [1]``."""
+    graph = structure_to_graph(record.to_structure(), config)
+    return {
+        "atomic_numbers": graph.atomic_numbers,
+        "edge_src": graph.edge_src,
+        "edge_dst": graph.edge_dst,
+        "edge_dist": graph.edge_dist,
+        "record_index": np.array([index], np.int64),
+        "group_id": np.array([stable_hash64(record.group)], np.int64),
+    }
+
+
+def graph_shard(config: GraphConfig, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
+    """Crystal graphs of one shard of ``(record_index, record_json)``; failures are rejects."""
+    return featurize_records(indexed_lines, functools.partial(_graph_item, config))
 
 
 def build_graph_store(
@@ -104,8 +127,17 @@ def build_graph_store(
     lines: list[str] | None = None,
     source: str | None = None,
 ) -> tuple[ArrayStore, list[dict]]:
-    """Build or reuse the crystal-graph store of a records file."""
-    key = {"what": "cgcnn-graphs", "version": GRAPH_FORMAT_VERSION, **config.to_dict()}
+    """Build or reuse the crystal-graph store of a records file.
+
+    Keyed by the cutoff radius and neighbour count only: the stored graphs keep distances (Å),
+    which the model expands into its Gaussian basis, so the basis settings do not rebuild them.
+    """
+    key = {
+        "what": "cgcnn-graphs",
+        "version": GRAPH_FORMAT_VERSION,
+        "radius": config.radius,
+        "max_neighbors": config.max_neighbors,
+    }
     return build_record_store(
         records_path,
         root,
@@ -116,6 +148,20 @@ def build_graph_store(
         shard_size=shard_size,
         lines=lines,
         source=source,
+    )
+
+
+def _composition_item(symprec: float, index: int, record: CrystalRecord) -> dict:
+    """Descriptor item of a record: ``features [1, COMPOSITION_DIM]`` float32."""
+    return {"features": composition_features(record.to_structure(), symprec)[None]}
+
+
+def composition_shard(symprec: float, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
+    """Descriptors ``[1, COMPOSITION_DIM]`` of one shard of ``(record_index, record_json)``, one
+    item per record; a record whose descriptor fails is a reject stored as all NaN."""
+    placeholder = {"features": np.full((1, COMPOSITION_DIM), np.nan, np.float32)}
+    return featurize_records(
+        indexed_lines, functools.partial(_composition_item, symprec), placeholder
     )
 
 
@@ -136,8 +182,9 @@ class _TokenShard:
             compose_caption(CrystalRecord.from_json(line), self.caption_fields)
             for _, line in indexed_lines
         ]
-        encoded = self.tokenizer(captions, truncation=True, max_length=self.max_length)
-        return [{"input_ids": np.asarray(ids, np.int32)} for ids in encoded["input_ids"]]
+        return [
+            {"input_ids": ids} for ids in encode_captions(self.tokenizer, captions, self.max_length)
+        ]
 
 
 def build_token_store(
@@ -157,6 +204,7 @@ def build_token_store(
         "text_model": resolve(text_model),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_class": type(tokenizer).__name__,
+        "caption_format": CAPTION_FORMAT_VERSION,
         "caption_fields": list(caption_fields),
         "max_length": max_length,
     }
@@ -184,21 +232,17 @@ class _TextFeatureShard(_TokenShard):
 
     @torch.no_grad()
     def __call__(self, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-        token_items = super().__call__(indexed_lines)
-        lengths = np.array([len(item["input_ids"]) for item in token_items])
+        token_ids = [item["input_ids"] for item in super().__call__(indexed_lines)]
+        lengths = np.array([len(ids) for ids in token_ids])
         order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
-        features = np.zeros((len(token_items), self.tower.out_dim), np.float32)
+        features = np.zeros((len(token_ids), self.tower.out_dim), np.float32)
+        pad_token_id = self.tokenizer.pad_token_id or 0
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            width = lengths[rows].max()
-            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0)
-            mask = torch.zeros_like(ids)
-            for k, row in enumerate(rows):
-                ids[k, : lengths[row]] = torch.from_numpy(
-                    token_items[row]["input_ids"].astype(np.int64)
-                )
-                mask[k, : lengths[row]] = 1
-            features[rows] = self.tower(ids, mask).float().numpy()
+            ids, mask = pad_token_ids([token_ids[row] for row in rows], pad_token_id)
+            features[rows] = (
+                self.tower(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+            )
         return [{"features": row[None]} for row in features]
 
 
@@ -220,6 +264,7 @@ def build_text_feature_store(
         "text_model": resolve(tower.text_model_name),
         "weights": tower.weights_fingerprint(),
         "pooling": tower.pooling,
+        "caption_format": CAPTION_FORMAT_VERSION,
         "caption_fields": list(caption_fields),
         "max_length": max_length,
     }
@@ -245,18 +290,23 @@ def build_composition_store(
     shard_size: int = 2048,
     lines: list[str] | None = None,
     source: str | None = None,
-) -> ArrayStore:
+) -> tuple[ArrayStore, list[dict]]:
     """Build or reuse the store of composition/symmetry descriptors (composition-only baseline),
-    one ``[1, COMPOSITION_DIM]`` item per record."""
-    store, _ = build_record_store(
+    one ``[1, COMPOSITION_DIM]`` item per record; returns it and this call's rejects."""
+    key = {
+        "what": "composition-features",
+        "version": COMPOSITION_FORMAT_VERSION,
+        "dim": COMPOSITION_DIM,
+        "symprec": symprec,
+    }
+    return build_record_store(
         records_path,
         root,
         functools.partial(composition_shard, symprec),
-        key={"what": "composition-features", "dim": COMPOSITION_DIM, "symprec": symprec},
+        key=key,
         desc="composition features",
         workers=workers,
         shard_size=shard_size,
         lines=lines,
         source=source,
     )
-    return store

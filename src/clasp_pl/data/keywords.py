@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,6 +374,22 @@ def apply_keywords(
             record.keywords = list(mapping[record.id])
         applied.append(record)
     return applied
+
+
+def apply_keyword_file(records: list[CrystalRecord], path: str | Path) -> list[CrystalRecord]:
+    """:func:`apply_keywords` with the keyword captions of a file (see
+    :func:`load_keyword_captions`); prints how many records it matched and warns when it matched
+    none (a keywords file of another dataset, or ids written differently)."""
+    mapping, stats = load_keyword_captions(path)
+    matched = sum(record.id in mapping for record in records)
+    print(f"keywords {path}: matched {matched} of {len(records)} records; {stats.summary()}")
+    if not matched:
+        warnings.warn(
+            f"the keywords file {path} matches none of the {len(records)} records: no caption "
+            "gets keywords (are its ids those of the records file?)",
+            stacklevel=2,
+        )
+    return apply_keywords(records, mapping)
 
 
 def keywords_command(

@@ -6,7 +6,7 @@ the structure (:data:`~clasp_pl.data.labels.CLASS_TARGETS`): ``crystal_system`` 
 ``mineral_class`` (9 Nickel–Strunz-style chemical classes) -- a classification target.
 
 Caches live next to the pretraining caches of the same records file
-(``cache_dir/<records name>/``): crystal graphs are the very same ``graphs/`` store that
+(:func:`~clasp_pl.data.datamodule.records_cache_root`): crystal graphs are the very same ``graphs/`` store that
 :func:`~clasp_pl.data.featurize.build_graph_store` builds for pretraining, and each target gets
 its own store ``targets/<target>/`` (one float64 value per record, NaN when the record has no
 such value or its symmetry analysis failed), keyed by the target name and the records file's
@@ -26,8 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clasp_pl.config_utils import as_config
 from clasp_pl.data.cache import ArrayStore
-from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule, collate_graphs
+from clasp_pl.data.datamodule import (
+    DEFAULT_RECORDS,
+    SplitDataModule,
+    collate_graphs,
+    print_rejects,
+    records_cache_root,
+)
 from clasp_pl.data.featurize import build_graph_store, build_record_store
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.labels import CLASS_TARGETS, CRYSTAL_SYSTEM, SYMPREC
@@ -149,8 +156,8 @@ class PropertyDataModule(SplitDataModule):
             )
         self.target = target
         self.task: Task = task_of(target)
-        self.cache_root = Path(cache_dir) / self.records.name.split(".")[0]
-        self.graph = graph
+        self.cache_root = records_cache_root(cache_dir, self.records)
+        self.graph = as_config(GraphConfig, graph)
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.batch_size = batch_size
@@ -165,8 +172,7 @@ class PropertyDataModule(SplitDataModule):
         graphs, rejects = build_graph_store(
             self.records, self.cache_root / "graphs", self.graph, self.prepare_workers, lines=lines
         )
-        for reject in rejects:
-            print(f"skipped {reject['id']} ({reject['source']}): {reject['message']}")
+        print_rejects(rejects, "crystal graphs")
         targets = build_target_store(
             self.records,
             self.cache_root / "targets" / self.target,

@@ -1,0 +1,202 @@
+"""Data modules and their feature caches: cache folders, cache keys, rejects, keywords, pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from clasp_pl.data import featurize
+from clasp_pl.data.composition import composition_features
+from clasp_pl.data.datamodule import CrystalTextDataModule, print_rejects, records_cache_root
+from clasp_pl.data.featurize import (
+    build_composition_store,
+    build_graph_store,
+    build_token_store,
+    composition_shard,
+)
+from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.property_datamodule import PropertyDataModule
+from clasp_pl.data.records import CrystalRecord, write_records
+from clasp_pl.data.text import pad_token_ids
+from clasp_pl.text_models import TextConfig
+from conftest import TINY_GRAPH, first_records
+
+
+@pytest.fixture(scope="module")
+def few_records(tmp_path_factory) -> Path:
+    """Twelve real structures with their titles."""
+    path = tmp_path_factory.mktemp("few") / "few.jsonl.gz"
+    write_records(first_records(12), path)
+    return path
+
+
+def _manifest_key(store_root: Path) -> dict:
+    return json.loads((store_root / "manifest.json").read_text())["key"]
+
+
+# ------------------------------------------------------------------------------ cache folders
+def test_records_files_of_one_name_get_their_own_cache(tmp_path: Path) -> None:
+    paths = [tmp_path / "a" / "cod.jsonl.gz", tmp_path / "b" / "cod.jsonl.gz"]
+    paths.append(tmp_path / "a" / "cod.v2.jsonl.gz")
+    roots = [records_cache_root(tmp_path / "cache", path) for path in paths]
+    assert len(set(roots)) == 3
+    assert [root.name.rsplit("-", 1)[0] for root in roots] == ["cod", "cod", "cod.v2"]
+    assert all(root.parent == tmp_path / "cache" for root in roots)
+    # the same file named relatively or absolutely has one cache
+    relative = Path("data") / "x.jsonl.gz"
+    assert records_cache_root("c", relative) == records_cache_root("c", relative.resolve())
+
+
+def test_data_modules_use_the_per_file_cache_folder(tmp_path: Path, few_records: Path) -> None:
+    other = tmp_path / "elsewhere" / few_records.name
+    other.parent.mkdir()
+    other.write_bytes(few_records.read_bytes())
+    cache = tmp_path / "cache"
+    text = CrystalTextDataModule(records=str(few_records), cache_dir=str(cache))
+    text_other = CrystalTextDataModule(records=str(other), cache_dir=str(cache))
+    prop = PropertyDataModule(records=str(few_records), cache_dir=str(cache))
+    assert text.cache_root == prop.cache_root == records_cache_root(cache, few_records)
+    assert text.cache_root != text_other.cache_root
+
+
+# ---------------------------------------------------------------------------------- cache keys
+def test_graph_store_ignores_the_gaussian_basis(
+    tmp_path: Path, few_records: Path, monkeypatch
+) -> None:
+    build_graph_store(few_records, tmp_path / "graphs", TINY_GRAPH)
+
+    def must_not_run(*args):
+        raise AssertionError("graphs recomputed")
+
+    monkeypatch.setattr(featurize, "graph_shard", must_not_run)
+    wider = GraphConfig(TINY_GRAPH.radius, TINY_GRAPH.max_neighbors, 0.5, 0.7)
+    store, _ = build_graph_store(few_records, tmp_path / "graphs", wider)
+    assert len(store) == 12
+
+
+def test_caption_format_version_is_part_of_the_token_key(
+    tmp_path: Path, few_records: Path, monkeypatch
+) -> None:
+    build_token_store(few_records, tmp_path / "tokens", "tiny-random", ["title"], 16)
+    monkeypatch.setattr(featurize, "CAPTION_FORMAT_VERSION", 999)
+    build_token_store(few_records, tmp_path / "tokens", "tiny-random", ["title"], 16)
+    assert _manifest_key(tmp_path / "tokens")["caption_format"] == 999
+
+
+def test_composition_format_version_is_part_of_its_key(
+    tmp_path: Path, few_records: Path, monkeypatch
+) -> None:
+    build_composition_store(few_records, tmp_path / "composition")
+    monkeypatch.setattr(featurize, "COMPOSITION_FORMAT_VERSION", 999)
+    build_composition_store(few_records, tmp_path / "composition")
+    assert _manifest_key(tmp_path / "composition")["version"] == 999
+
+
+# ---------------------------------------------------------------------------- composition
+def _record(record_id: str, species: list[str]) -> CrystalRecord:
+    coords = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]][: len(species)]
+    lattice = [[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]
+    return CrystalRecord(record_id, lattice, species, coords, title="t", source=f"src-{record_id}")
+
+
+def test_element_beyond_z100_has_no_composition_descriptor() -> None:
+    with pytest.raises(ValueError, match="Z=104"):
+        composition_features(_record("rf", ["Rf", "O"]).to_structure())
+
+
+def test_failing_record_is_a_composition_reject_that_keeps_its_place() -> None:
+    lines = [_record("ok", ["Na", "Cl"]).to_json(), _record("rf", ["Rf", "O"]).to_json()]
+    items = composition_shard(0.1, list(enumerate(lines)))
+    assert len(items) == 2 and "__reject__" not in items[0]
+    assert items[0]["features"].shape == (1, 333) and np.isfinite(items[0]["features"]).all()
+    reject = items[1]["__reject__"]
+    assert (reject["id"], reject["source"], reject["reason"]) == (
+        "rf",
+        "src-rf",
+        "featurization_failed",
+    )
+    assert items[1]["features"].shape == (1, 333) and np.isnan(items[1]["features"]).all()
+
+
+def test_composition_store_keeps_one_row_per_record(tmp_path: Path) -> None:
+    path = tmp_path / "z.jsonl.gz"
+    write_records([_record("a", ["Na", "Cl"]), _record("rf", ["Rf"]), _record("b", ["K"])], path)
+    store, rejects = build_composition_store(path, tmp_path / "composition")
+    assert len(store) == 3 and [r["id"] for r in rejects] == ["rf"]
+    assert np.isnan(store[1]["features"]).all() and store[2]["features"][0, 18] == 1.0  # K
+
+
+# ------------------------------------------------------------------------------- rejects
+def test_rejects_are_printed_with_their_reason(capsys) -> None:
+    reject = {"id": "x", "source": "f.cif", "reason": "featurization_failed", "message": "boom"}
+    print_rejects([reject], "crystal graphs")
+    assert capsys.readouterr().out == (
+        "crystal graphs: skipped x (f.cif): featurization_failed: boom\n"
+    )
+
+
+def test_property_data_module_accepts_a_graph_dict(few_records: Path, tmp_path: Path) -> None:
+    graph = {"radius": 5.0, "max_neighbors": 8}
+    dm = PropertyDataModule(records=str(few_records), cache_dir=str(tmp_path), graph=graph)
+    assert dm.graph == GraphConfig(radius=5.0, max_neighbors=8)
+
+
+# ------------------------------------------------------------------------------ keywords
+def test_keywords_file_reports_its_matches(few_records: Path, tmp_path: Path, capsys) -> None:
+    ids = [record.id for record in first_records(2)]
+    keywords = tmp_path / "kw.json"
+    keywords.write_text(json.dumps({ids[0]: ["garnet"], ids[1]: ["spinel"], "other": ["x"]}))
+    dm = CrystalTextDataModule(records=str(few_records), keywords=str(keywords))
+    lines, _, _ = dm.record_lines()
+    assert json.loads(lines[0])["keywords"] == ["garnet"]
+    assert "matched 2 of 12 records" in capsys.readouterr().out
+
+
+def test_keywords_file_matching_nothing_warns(few_records: Path, tmp_path: Path) -> None:
+    keywords = tmp_path / "kw.json"
+    keywords.write_text(json.dumps({"not-an-id": ["garnet"]}))
+    dm = CrystalTextDataModule(records=str(few_records), keywords=str(keywords))
+    with pytest.warns(UserWarning, match="matches none of the 12 records"):
+        dm.record_lines()
+
+
+# -------------------------------------------------------------------------------- pairs
+def _plain_word_tokenizer(folder: Path) -> Path:
+    """A word-level tokenizer without special tokens: an empty caption has 0 tokens."""
+    vocab = {"[UNK]": 0, "[PAD]": 1, "garnet": 2}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_pairs_need_more_tokens_than_an_empty_caption(tmp_path: Path) -> None:
+    records = first_records(12)
+    for number, record in enumerate(records):
+        record.title = "garnet" if number % 2 else ""  # one token, or none at all
+    write_records(records, tmp_path / "short.jsonl.gz")
+    dm = CrystalTextDataModule(
+        records=str(tmp_path / "short.jsonl.gz"),
+        cache_dir=str(tmp_path / "cache"),
+        text=TextConfig(model=str(_plain_word_tokenizer(tmp_path / "tokenizer"))),
+        caption_fields=["title"],
+        graph=TINY_GRAPH,
+        split_fractions=(0.5, 0.25, 0.25),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    kept = np.concatenate([d.item_ids for d in dm.datasets.values()])
+    record_index = dm.datasets["train"].graphs.field("record_index")[kept]
+    assert sorted(record_index.tolist()) == list(range(1, 12, 2))
+
+
+def test_pad_token_ids() -> None:
+    ids, mask = pad_token_ids([np.array([5, 6, 7], np.int32), np.array([8], np.int32)], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and ids.dtype == np.int64
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
