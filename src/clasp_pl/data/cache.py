@@ -191,9 +191,7 @@ def build_store(
     ]
     new_rejects: list[dict] = []
     with tqdm(total=n_shards, initial=n_shards - len(todo), desc=desc, unit="shard") as bar:
-        for name, count, rejects in parallel_map(
-            _run_shard, todo, workers=workers, progress=False
-        ):
+        for name, count, rejects in parallel_map(_run_shard, todo, workers=workers, progress=False):
             manifest["shards"].append({"name": name, "count": count})
             manifest["rejects"].extend(rejects)
             new_rejects.extend(rejects)
