@@ -5,13 +5,13 @@ The target of a record is either a number stored in its ``meta`` by ingestion (e
 the structure (:data:`~clasp_pl.data.labels.CLASS_TARGETS`): ``crystal_system`` (7 classes) or
 ``mineral_class`` (9 Nickel–Strunz-style chemical classes) -- a classification target.
 
-Caches live next to the pretraining caches of the same records file
-(:func:`~clasp_pl.data.datamodule.records_cache_root`): crystal graphs are the very same ``graphs/`` store that
-:func:`~clasp_pl.data.featurize.build_graph_store` builds for pretraining, and each target gets
-its own store ``targets/<target>/`` (one float64 value per record, NaN when the record has no
-such value or its symmetry analysis failed), keyed by the target name and the records file's
-fingerprint, so it is recomputed only when one of them changes. Records without a target value
-are left out of every split.
+Caches live next to the pretraining caches of the same records file (in its folder
+:func:`~clasp_pl.data.datamodule.records_cache_root`): crystal graphs are the very same
+``graphs/`` store that :func:`~clasp_pl.data.featurize.build_graph_store` builds for
+pretraining, and each target gets its own store ``targets/<target>/`` (one float64 value per
+record, NaN when the record has no such value or its symmetry analysis failed), keyed by the
+target name and the records file's fingerprint, so it is recomputed only when one of them
+changes. Records without a target value are left out of every split.
 """
 
 from __future__ import annotations
