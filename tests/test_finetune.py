@@ -113,7 +113,7 @@ def test_crystal_system_labels_are_cached_and_match_pymatgen(records_file, real_
     )
     dm.prepare_data()
     dm.setup("fit")
-    store = tmp_path / "cache" / "small" / "targets" / "crystal_system" / "manifest.json"
+    store = dm.cache_root / "targets" / "crystal_system" / "manifest.json"
     assert '"symprec": 0.1' in store.read_text()
     for record, label in itertools.islice(zip(real_records, dm.targets, strict=True), 20):
         system = SpacegroupAnalyzer(record.to_structure(), symprec=0.1).get_crystal_system()

@@ -87,7 +87,7 @@ def test_changed_max_length_rebuilds_text_caches(records_file, tmp_path):
     short.setup("fit")
     batch = next(iter(short.val_dataloader()))
     assert batch["input_ids"].shape[1] <= 4
-    manifest = (tmp_path / "cache" / "small" / "text_features" / "manifest.json").read_text()
+    manifest = (short.cache_root / "text_features" / "manifest.json").read_text()
     assert '"max_length": 4' in manifest
 
 
