@@ -25,6 +25,7 @@ from clasp_pl.data.ingest import IngestOptions, ingest_folder
 from clasp_pl.data.records import read_records
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
+from clasp_pl.search import commands
 from clasp_pl.search.commands import embed_main, search_main
 from clasp_pl.search.hybrid import (
     ALPHA_GRID,
@@ -219,7 +220,7 @@ def test_api_embeds_records_and_structures_alike_in_input_order(ckpt, cod_record
     torch.testing.assert_close(score(together, from_records), together @ from_records.T)
 
 
-def test_choose_alpha_prefers_lexical_when_the_embeddings_know_nothing(tmp_path):
+def test_choose_alpha_prefers_lexical_when_the_embeddings_know_nothing():
     symbols = [e.symbol for e in Element if 3 <= e.Z <= 82]
     formulas = [f"{a}{b}2" for a, b in zip(symbols[::2], symbols[1::2], strict=True)]  # 40
     generator = torch.Generator().manual_seed(0)
@@ -231,7 +232,54 @@ def test_choose_alpha_prefers_lexical_when_the_embeddings_know_nothing(tmp_path)
     best, recall = choose_alpha(text_emb, crystal_emb, formulas, lexical, groups, chunk_size=16)
     assert set(recall) == set(ALPHA_GRID) and recall[0.0] < 0.6
     assert best > 0 and recall[best] == 1.0 == max(recall.values())
-    ckpt = tmp_path / "model.ckpt"
-    assert load_alpha(ckpt)[0] == 0.1
-    save_alpha(ckpt, best, recall)
-    assert load_alpha(ckpt) == (best, f"stored with the model ({tmp_path / 'alpha.json'})")
+
+
+def test_alpha_is_stored_per_checkpoint_file_and_version(tmp_path):
+    """best-*.ckpt and last.ckpt of one folder keep their own alpha; a checkpoint overwritten
+    since its alpha was chosen (last.ckpt every epoch) falls back to the default."""
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    best.write_bytes(b"best weights")
+    last.write_bytes(b"last weights, epoch 1")
+    assert load_alpha(best) == (0.1, "default (no best.ckpt.alpha.json next to the checkpoint)")
+    save_alpha(best, 0.3, {0.0: 0.5, 0.3: 0.7})
+    save_alpha(last, 0.05, {0.0: 0.5, 0.05: 0.6})
+    stored = json.loads((tmp_path / "best.ckpt.alpha.json").read_text())
+    assert stored["grid"] == {"0.0": 0.5, "0.3": 0.7} and len(stored["checkpoint_sha256"]) == 16
+    assert load_alpha(best) == (0.3, f"stored with the model ({tmp_path / 'best.ckpt.alpha.json'})")
+    assert load_alpha(last)[0] == 0.05
+    last.write_bytes(b"last weights, epoch 2")
+    assert load_alpha(last) == (
+        0.1,
+        "default (last.ckpt.alpha.json was chosen for another version of the file)",
+    )
+
+
+def test_embed_loads_the_model_before_the_ingest(tmp_path, monkeypatch, capsys):
+    """A bad --ckpt fails at once, not after ingesting every input."""
+    out = tmp_path / "index"
+    argv = ["--input", str(COD), "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert embed_main(["--ckpt", str(tmp_path / "missing.ckpt"), *argv]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+    def refuse(ckpt, device):
+        raise ValueError(f"cannot load {ckpt}")
+
+    monkeypatch.setattr(commands, "load_model", refuse)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot load"):
+        embed_main(["--ckpt", str(bad), *argv])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["one query", "--out", "results.jsonl"], "--out writes the results of --queries"),
+        (["--queries", "queries.txt", "--json"], "--json is for a single query"),
+    ],
+)
+def test_search_refuses_options_it_would_ignore(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        search_main(["--index", str(tmp_path), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

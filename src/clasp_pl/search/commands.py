@@ -98,6 +98,10 @@ def embed_main(argv: list[str] | None = None) -> int:
     if not Path(args.input).exists():
         print(f"error: no such folder or table: {args.input}", file=sys.stderr)
         return 2
+    if not Path(args.ckpt).is_file():
+        print(f"error: no such checkpoint: {args.ckpt}", file=sys.stderr)
+        return 2
+    model = load_model(args.ckpt, args.device)  # before the ingest: a bad checkpoint fails fast
     out = Path(args.out)
     ingest = ingest_folder if Path(args.input).is_dir() else ingest_table
     summary = ingest(
@@ -108,7 +112,6 @@ def embed_main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         progress=args.progress,
     )
-    model = load_model(args.ckpt, args.device)
     results = parallel_map(
         partial(featurize_record, config=graph_config(model)),
         list(iter_record_lines(out / RECORDS)),
@@ -271,6 +274,10 @@ def search_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.query is None) == (args.queries is None):
         parser.error("give either one query or --queries FILE")
+    if args.out and not args.queries:
+        parser.error("--out writes the results of --queries FILE; a single query prints them")
+    if args.json and args.queries:
+        parser.error("--json is for a single query; --queries writes JSONL (or CSV with --out)")
     index = EmbeddingIndex(args.index, args.device)
     ckpt = args.ckpt or index.info["checkpoint"]
     queries = read_queries(args.queries) if args.queries else [args.query]
@@ -302,16 +309,3 @@ def search_main(argv: list[str] | None = None) -> int:
         print(format_table(results[0]["query"], results[0]["hits"]))
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m clasp_pl.search.commands embed|search ...``."""
-    words = sys.argv[1:] if argv is None else argv
-    commands = {"embed": embed_main, "search": search_main}
-    if not words or words[0] not in commands:
-        print("usage: python -m clasp_pl.search.commands {embed,search} ...", file=sys.stderr)
-        return 2
-    return commands[words[0]](words[1:])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

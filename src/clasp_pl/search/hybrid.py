@@ -4,7 +4,9 @@
 :class:`~clasp_pl.search.lexical.LexicalIndex`'s score of the query text against the structure's
 composition (1 for the exact reduced formula, less for shared elements). ``alpha`` is chosen on a
 validation split by :func:`choose_alpha` (text-to-structure group Recall@10) and stored next to
-the checkpoint as ``alpha.json`` (:func:`save_alpha`); :func:`load_alpha` reads it back.
+the checkpoint, one file per checkpoint (``last.ckpt`` -> ``last.ckpt.alpha.json``) with the
+checkpoint's sha256 prefix (:func:`save_alpha`); :func:`load_alpha` reads it back only for that
+same checkpoint file, so a checkpoint overwritten since (``last.ckpt``) gets the default.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from pymatgen.core import Composition
 from torch import Tensor
 
 from clasp_pl.evaluation.metrics import retrieval_ranks, summarise_ranks
-from clasp_pl.search.index import SCORE_BUDGET, EmbeddingIndex
+from clasp_pl.search.index import SCORE_BUDGET, EmbeddingIndex, checkpoint_sha256
 from clasp_pl.search.lexical import LexicalIndex, explain
 
 DEFAULT_ALPHA = 0.1
 ALPHA_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-ALPHA_FILE = "alpha.json"
+ALPHA_SUFFIX = ".alpha.json"
 
 
 @dataclass
@@ -143,22 +145,34 @@ def choose_alpha(
     return best, recall
 
 
+def alpha_path(ckpt: str | Path) -> Path:
+    """Where the checkpoint's alpha is stored: ``<checkpoint file name>.alpha.json`` beside it."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.name + ALPHA_SUFFIX)
+
+
 def save_alpha(ckpt: str | Path, alpha: float, recall: dict[float, float]) -> Path:
-    """Write ``alpha.json`` next to the checkpoint: the chosen value and R@10 per candidate."""
-    path = Path(ckpt).with_name(ALPHA_FILE)
+    """Write :func:`alpha_path`: the chosen value, R@10 per candidate and the checkpoint's
+    sha256 prefix; returns the path."""
+    path = alpha_path(ckpt)
     payload = {
         "alpha": alpha,
         "metric": "t2s_group_R@10",
         "grid": {str(a): r for a, r in recall.items()},
+        "checkpoint_sha256": checkpoint_sha256(ckpt),
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
 
 def load_alpha(ckpt: str | Path) -> tuple[float, str]:
-    """``(alpha, where it came from)``: the ``alpha.json`` next to the checkpoint, else the
-    default :data:`DEFAULT_ALPHA`."""
-    path = Path(ckpt).with_name(ALPHA_FILE)
-    if path.is_file():
-        return float(json.loads(path.read_text())["alpha"]), f"stored with the model ({path})"
-    return DEFAULT_ALPHA, f"default (no {ALPHA_FILE} next to the checkpoint)"
+    """``(alpha, where it came from)``: the value stored for this checkpoint file
+    (:func:`save_alpha`), else the default :data:`DEFAULT_ALPHA` when there is none or it was
+    chosen for another version of the file (the sha256 differs)."""
+    path = alpha_path(ckpt)
+    if not path.is_file():
+        return DEFAULT_ALPHA, f"default (no {path.name} next to the checkpoint)"
+    stored = json.loads(path.read_text())
+    if stored.get("checkpoint_sha256") != checkpoint_sha256(ckpt):
+        return DEFAULT_ALPHA, f"default ({path.name} was chosen for another version of the file)"
+    return float(stored["alpha"]), f"stored with the model ({path})"

@@ -61,13 +61,20 @@ def record_meta(record: CrystalRecord, structure: Structure) -> dict[str, str]:
     }
 
 
-def describe_model(ckpt: str | Path, model: CLaSPModule) -> dict[str, Any]:
-    """What ``index.json`` records of the model: checkpoint path and sha256 prefix, and the
-    text, crystal, graph and head settings from its hyper-parameters."""
+def checkpoint_sha256(ckpt: str | Path) -> str:
+    """The first 16 hex digits of the checkpoint file's sha256 (its identity: a checkpoint
+    overwritten in place, like ``last.ckpt``, gets another one)."""
     digest = hashlib.sha256()
     with open(ckpt, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def describe_model(ckpt: str | Path, model: CLaSPModule) -> dict[str, Any]:
+    """What ``index.json`` records of the model: checkpoint path and sha256 prefix
+    (:func:`checkpoint_sha256`), and the text, crystal, graph and head settings from its
+    hyper-parameters."""
     settings = {
         name: asdict(value) if is_dataclass(value) else value
         for name, value in model.hparams.items()
@@ -75,7 +82,7 @@ def describe_model(ckpt: str | Path, model: CLaSPModule) -> dict[str, Any]:
     }
     return {
         "checkpoint": str(Path(ckpt).resolve()),
-        "checkpoint_sha256": digest.hexdigest()[:16],
+        "checkpoint_sha256": checkpoint_sha256(ckpt),
         "model": settings,
     }
 
