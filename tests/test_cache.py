@@ -95,6 +95,44 @@ def test_killed_build_resumes_where_it_stopped(tmp_path):
     assert store.field("n").tolist() == [1, 2, 3, 4, 100, 5]
 
 
+CONCURRENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from clasp_pl.data.cache import build_store
+    sys.path.insert(0, {tests!r})
+    from test_cache import squares
+
+    def slow_logged(inputs):
+        with open({log!r}, "a") as log:
+            log.write(f"{{os.getpid()}} {{inputs[0]}}\\n")
+        time.sleep(0.3)
+        return squares(inputs)
+
+    store, _ = build_store({root!r}, list(range(8)), slow_logged, {{"v": 1}}, "src", shard_size=2)
+    print(len(store), store.field("n").tolist())
+    """
+)
+
+
+def test_processes_building_one_store_at_once_build_it_once(tmp_path):
+    """Two processes (say, rank 0 of two nodes on a shared filesystem) reach one store at
+    once: one builds each shard exactly once, the other waits and opens the same store."""
+    root, log = tmp_path / "s", tmp_path / "shards.log"
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    script = CONCURRENT.format(tests=tests, root=str(root), log=str(log))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert [out.splitlines()[-1] for out in outputs] == ["8 [0, 1, 2, 3, 4, 5, 6, 7]"] * 2
+    assert sum("waiting for another process building" in out for out in outputs) == 1
+    computed = log.read_text().split()
+    assert sorted(int(first) for first in computed[1::2]) == [0, 2, 4, 6]  # each shard once
+    assert len(set(computed[0::2])) == 1  # by one process
+
+
 def test_parallel_build_equals_serial(tmp_path):
     inputs = list(range(20))
     serial, _ = build_store(tmp_path / "a", inputs, squares, {"v": 1}, "s", shard_size=3)

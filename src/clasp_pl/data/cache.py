@@ -17,15 +17,22 @@ skips finished shards; a different key or source (e.g. another cutoff radius) wi
 rebuilds it, never silently reusing stale features. Shards are numbered, so an unfinished build is
 only resumed with the shard size it was started with (another size starts it over); a finished
 store is reused whatever the shard size asked for.
+
+Builds are exclusive: a process builds a store only while it holds an advisory lock on
+``.<store name>.lock`` beside it, so processes that reach one store at once (the local rank 0 of
+every node of a multi-node run on a shared filesystem, two jobs sharing ``data/cache``) build it
+once: the others wait, then open what the first one built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,10 +173,52 @@ def build_store(
     """
     root = Path(root)
     wanted = {"key": key, "key_hash": key_hash(key), "source": source}
-    manifest_path = root / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if manifest and manifest.get("complete") and _same_build(manifest, wanted):
+    if _finished(root, wanted):
         return ArrayStore(root), []
+    with _exclusive_build(root):
+        if _finished(root, wanted):  # another process built it while this one waited
+            return ArrayStore(root), []
+        return _build(root, inputs, shard_fn, wanted, shard_size, workers, desc)
+
+
+def _finished(root: Path, wanted: dict) -> bool:
+    manifest = _read_manifest(root)
+    return bool(manifest and manifest.get("complete") and _same_build(manifest, wanted))
+
+
+def _read_manifest(root: Path) -> dict | None:
+    path = root / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def _exclusive_build(root: Path) -> Iterator[None]:
+    """Hold the advisory lock of the store ``root`` (blocking; released on exit or death)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building {root}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(
+    root: Path,
+    inputs: Sequence,
+    shard_fn: ShardFn,
+    wanted: dict,
+    shard_size: int,
+    workers: int,
+    desc: str,
+) -> tuple[ArrayStore, list[dict]]:
+    """Resume or start the build of ``root`` (the caller holds its lock)."""
+    manifest_path = root / MANIFEST
+    manifest = _read_manifest(root)
     if not (manifest and _same_build(manifest, wanted) and _same_shards(manifest, shard_size)):
         shutil.rmtree(root, ignore_errors=True)
         manifest = {
