@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from clasp_pl.cli import main
-from clasp_pl.evaluation.evaluate import default_checkpoint, evaluate, hybrid_ranks, lexical_scores
-from conftest import REPO
+from clasp_pl.data.keywords import write_keywords
+from clasp_pl.data.records import CrystalRecord
+from clasp_pl.evaluation.evaluate import (
+    COMPOSITION_ROW,
+    DifferentSplitError,
+    SplitEmbeddings,
+    default_checkpoint,
+    evaluate,
+    hybrid_ranks,
+    split_lexical_scores,
+)
+from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.search.hybrid import DEFAULT_ALPHA, load_alpha
+from conftest import REPO, save_lightning_checkpoint
+
+KEYWORDS_YAML = REPO / "conf/eval/amcsd_keywords.yaml"
+LEXICAL = "lexical (formulas/elements in text)"
 
 pytestmark = pytest.mark.slow
 
@@ -65,17 +82,16 @@ def test_fit_writes_checkpoints_events_and_config(trained_run):
 def test_eval_writes_table_with_baselines_and_plots(trained_run):
     ckpt = trained_run / "runs/pretrain/checkpoints/last.ckpt"
     out = trained_run / "eval"
-    report = evaluate(ckpt, "test", out, REPO / "conf/eval/amcsd_keywords.yaml")
+    report = evaluate(ckpt, "test", out, KEYWORDS_YAML)
     methods = report["methods"]
     alpha = report["hybrid_alpha"]
     assert set(methods) == {
         "CLaSP (this checkpoint)",
         "untrained (same architecture)",
-        "lexical (formulas/elements in text)",
+        LEXICAL,
         "random (expected)",
         f"hybrid: CLaSP + {alpha:g} x lexical (α from val)",
     }
-    assert (ckpt.parent / "alpha.json").is_file()
     for metrics in methods.values():
         assert 0.0 <= metrics["t2s_pair_R@1"] <= metrics["t2s_pair_R@10"] <= 1.0
         assert metrics["t2s_pair_R@10"] <= metrics["t2s_group_R@10"] + 1e-9
@@ -92,10 +108,118 @@ def test_eval_writes_table_with_baselines_and_plots(trained_run):
     assert "lexical" in (out / "metrics.md").read_text()
 
 
-def test_lexical_baseline_ranks_a_formula_title_first():
-    from clasp_pl.data.records import CrystalRecord
-    from clasp_pl.evaluation.evaluate import SplitEmbeddings
+def test_alpha_is_stored_per_checkpoint_file(trained_run):
+    """A test-split evaluation stores α for that checkpoint file only: another checkpoint of the
+    folder, or the same file overwritten since (like last.ckpt), gets the default."""
+    folder = trained_run / "runs/pretrain/checkpoints"
+    ckpt = shutil.copy(folder / "last.ckpt", folder / "alpha-test.ckpt")
+    report = evaluate(ckpt, "test", trained_run / "eval-alpha", KEYWORDS_YAML)
+    stored = folder / "alpha-test.ckpt.alpha.json"
+    assert report["hybrid_alpha_file"] == str(stored)
+    assert load_alpha(ckpt) == (report["hybrid_alpha"], f"stored with the model ({stored})")
+    assert not (folder / "alpha.json").exists()
+    best = default_checkpoint(trained_run / "runs/pretrain")
+    assert load_alpha(best)[0] == DEFAULT_ALPHA and "no best-" in load_alpha(best)[1]
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "global_step": state["global_step"] + 1}, ckpt)  # overwritten in place
+    assert load_alpha(ckpt) == (
+        DEFAULT_ALPHA,
+        "default (alpha-test.ckpt.alpha.json was chosen for another version of the file)",
+    )
 
+
+def test_val_split_labels_the_hybrid_in_sample_and_stores_no_alpha(trained_run):
+    folder = trained_run / "runs/pretrain/checkpoints"
+    ckpt = shutil.copy(folder / "last.ckpt", folder / "val-only.ckpt")
+    report = evaluate(ckpt, "val", trained_run / "eval-val", KEYWORDS_YAML)
+    alpha = report["hybrid_alpha"]
+    assert f"hybrid: CLaSP + {alpha:g} x lexical (α from val, in-sample)" in report["methods"]
+    assert report["hybrid_alpha_file"] is None
+    assert not list(folder.glob("val-only*.json"))
+    other_captions = ["title", "abstract"]  # not the checkpoint's own ([title])
+    report = evaluate(ckpt, "test", trained_run / "eval-other", caption_fields=other_captions)
+    assert report["hybrid_alpha_file"] is None
+
+
+def with_data_settings(source: Path, target: Path, **changes) -> Path:
+    """A copy of checkpoint ``source`` whose data-module settings are updated by ``changes``."""
+    state = torch.load(source, weights_only=True)
+    state["datamodule_hyper_parameters"] = {**state["datamodule_hyper_parameters"], **changes}
+    torch.save(state, target)
+    return target
+
+
+def test_keyword_captions_come_from_the_checkpoints_keywords_file(
+    trained_run, real_records, monkeypatch
+):
+    """A stage-2 checkpoint (data.keywords, keyword captions) is evaluated on its keywords:
+    with each record's formula as its only keyword, the lexical baseline ranks every structure
+    among the (at most 10) structures of its formula."""
+    monkeypatch.chdir(trained_run)
+    keywords = trained_run / "keywords.json"
+    write_keywords({r.id: [r.composition.reduced_formula] for r in real_records}, keywords)
+    ckpt = with_data_settings(
+        trained_run / "runs/pretrain/checkpoints/last.ckpt",
+        trained_run / "runs/pretrain/checkpoints/stage2.ckpt",
+        keywords=str(keywords),
+        caption_fields=["keywords"],
+    )
+    report = evaluate(ckpt, "test", trained_run / "eval-keywords", KEYWORDS_YAML)
+    formulas = [r.composition.reduced_formula for r in real_records]
+    assert max(formulas.count(f) for f in formulas) <= 10
+    assert report["methods"][LEXICAL]["t2s_pair_R@10"] == 1.0
+
+
+def composition_checkpoint_file(trained_run: Path, name: str, **data_changes) -> Path:
+    """An (untrained) composition-only checkpoint with the pretraining run's data settings
+    updated by ``data_changes``, under ``runs/composition/checkpoints/``."""
+    source = trained_run / "runs/pretrain/checkpoints/last.ckpt"
+    hparams = torch.load(source, weights_only=True)["hyper_parameters"]
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's
+    module = CLaSPModule(**{**hparams, "crystal_encoder": "composition"})
+    path = save_lightning_checkpoint(module, trained_run / f"runs/composition/checkpoints/{name}")
+    return with_data_settings(source, path, composition_features=True, **data_changes)
+
+
+def test_composition_baseline_of_other_records(trained_run, monkeypatch, capsys):
+    """Found automatically under runs/composition: a baseline split differently is left out
+    with a warning; named with --composition-ckpt it is an error; one of the same split is a
+    row."""
+    monkeypatch.chdir(trained_run)
+    ckpt = str(trained_run / "runs/pretrain/checkpoints/last.ckpt")
+    other = composition_checkpoint_file(trained_run, "best-other.ckpt", split_seed=1)
+    assert (
+        main(["eval", "--ckpt", ckpt, "--out", "eval-auto", "--keywords", str(KEYWORDS_YAML)]) == 0
+    )
+    assert "trained on another split or dataset" in capsys.readouterr().err
+    methods = json.loads((trained_run / "eval-auto/metrics.json").read_text())["methods"]
+    assert COMPOSITION_ROW not in methods and "CLaSP (this checkpoint)" in methods
+
+    named = ["eval", "--ckpt", ckpt, "--out", "eval-named", "--composition-ckpt"]
+    with pytest.raises(DifferentSplitError):
+        main([*named, str(other)])
+    same = composition_checkpoint_file(trained_run, "same-split.ckpt")
+    assert main([*named, str(same)]) == 0
+    methods = json.loads((trained_run / "eval-named/metrics.json").read_text())["methods"]
+    assert COMPOSITION_ROW in methods
+    shutil.rmtree(trained_run / "runs/composition")
+
+
+def test_named_files_must_exist_and_absent_defaults_are_noted(trained_run, monkeypatch, capsys):
+    monkeypatch.chdir(trained_run)  # no conf/ nor runs/composition/ here
+    ckpt = str(trained_run / "runs/pretrain/checkpoints/last.ckpt")
+    for option in ("--keywords", "--composition-ckpt"):
+        assert main(["eval", "--ckpt", ckpt, option, "missing.file"]) == 2
+        assert f"{option} missing.file: no such file" in capsys.readouterr().err
+    assert not (trained_run / "runs/pretrain/eval-test").exists()  # failed before any work
+    assert main(["eval", "--ckpt", ckpt, "--out", "eval-defaults"]) == 0
+    out = capsys.readouterr().out
+    assert "conf/eval/amcsd_keywords.yaml not found" in out
+    assert "no checkpoint under runs/composition/" in out
+    assert not (trained_run / "eval-defaults/screening.md").exists()
+
+
+def test_lexical_baseline_ranks_a_formula_title_first():
     def record(i, species, title):
         return CrystalRecord(
             id=str(i),
@@ -110,6 +234,9 @@ def test_lexical_baseline_ranks_a_formula_title_first():
         record(1, ["Fe", "O"], "Magnetic order in FeO"),
         record(2, ["Na", "Cl"], "The structure of a salt"),
     ]
-    split = SplitEmbeddings(torch.zeros(3, 1), torch.zeros(3, 1), torch.arange(3), records)
-    pair, _ = hybrid_ranks(split, lexical_scores(split, ["title"]), 1.0, learned=False)["t2s"]
+    captions = [r.title for r in records]
+    split = SplitEmbeddings(
+        torch.zeros(3, 1), torch.zeros(3, 1), torch.arange(3), records, captions
+    )
+    pair, _ = hybrid_ranks(split, split_lexical_scores(split), 1.0, learned=False)["t2s"]
     assert pair[:2].tolist() == [1, 1]

@@ -9,10 +9,12 @@ import torch
 
 from clasp_pl.evaluation.metrics import (
     bidirectional_metrics,
+    bidirectional_ranks,
     group_sizes,
     random_expectation,
     retrieval_metrics,
     retrieval_ranks,
+    summarise_bidirectional,
     summarise_ranks,
 )
 
@@ -128,6 +130,23 @@ def test_bidirectional_with_duplicated_texts() -> None:
     # with structures 2, 3 at score 0 -> rank 2; group rank 1 via structure 0.
     assert m["t2s_pair_R@1"] == 0.75 and m["t2s_group_R@1"] == 1.0
     assert set(m) >= {"t2s_pair_mrr", "s2t_group_median_rank", "t2s_group_mean_rank"}
+
+
+def test_bidirectional_ranks_with_extra_scores_per_direction() -> None:
+    """The ranks behind :func:`bidirectional_metrics` (one implementation for the callback
+    and ``clasp eval``); each direction gets its own additive scores (the hybrid rows)."""
+    gen = torch.Generator().manual_seed(0)
+    crystal = torch.nn.functional.normalize(torch.randn(12, 4, generator=gen))
+    text = torch.nn.functional.normalize(torch.randn(12, 4, generator=gen))
+    groups = torch.tensor([0, 0, 1, 1, 1, 2, 3, 4, 5, 6, 7, 7])
+    ranks = bidirectional_ranks(crystal, text, groups, chunk_size=5)
+    assert summarise_bidirectional(ranks, (1, 5)) == bidirectional_metrics(
+        crystal, text, groups, (1, 5), chunk_size=5
+    )
+    bonus = 10 * torch.eye(12)  # the partner always wins in t2s only
+    boosted = bidirectional_ranks(crystal, text, groups, extra_t2s=lambda rows: bonus[rows])
+    assert boosted["t2s"][0].tolist() == [1] * 12
+    assert torch.equal(boosted["s2t"][0], ranks["s2t"][0])
 
 
 def test_summarise_ranks() -> None:

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from clasp_pl.evaluation.screening import keyword_labels, keyword_screening, screening_metrics
+from clasp_pl.evaluation.screening import (
+    keyword_labels,
+    keyword_scores,
+    keyword_screening,
+    screening_metrics,
+)
 
 
 def test_keyword_labels_word_start_case_insensitive() -> None:
@@ -67,7 +72,8 @@ def test_keyword_screening_hand_made_embeddings() -> None:
         "sulfide": torch.tensor([False, False, False, True, True, True]),
         "rare": torch.tensor([True, False, False, False, False, False]),
     }
-    result = keyword_screening(structures, prompts, labels, ks=(3,), min_positives=2)
+    scores = keyword_scores(structures, prompts)
+    result = keyword_screening(scores, labels, ks=(3,), min_positives=2)
     assert result.skipped == ["rare"]
     assert set(result.per_keyword) == {"oxide", "sulfide"}
     for metrics in result.per_keyword.values():
@@ -80,11 +86,9 @@ def test_keyword_screening_hand_made_embeddings() -> None:
 def test_keyword_screening_max_over_prompts() -> None:
     structures = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
     labels = {"k": torch.tensor([True, True, False])}
-    one_prompt = keyword_screening(
-        structures, {"k": torch.tensor([[1.0, 0.0]])}, labels, ks=(2,), min_positives=1
-    )
-    two_prompts = keyword_screening(
-        structures, {"k": torch.tensor([[1.0, 0.0], [-1.0, 0.0]])}, labels, ks=(2,), min_positives=1
-    )
+    one = keyword_scores(structures, {"k": torch.tensor([[1.0, 0.0]])})
+    two = keyword_scores(structures, {"k": torch.tensor([[1.0, 0.0], [-1.0, 0.0]])})
+    one_prompt = keyword_screening(one, labels, ks=(2,), min_positives=1)
+    two_prompts = keyword_screening(two, labels, ks=(2,), min_positives=1)
     assert one_prompt.per_keyword["k"]["precision@2"] == 0.5
     assert two_prompts.per_keyword["k"]["precision@2"] == 1.0

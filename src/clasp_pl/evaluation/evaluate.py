@@ -1,13 +1,16 @@
 """``clasp eval``: retrieval and keyword-screening report of a checkpoint on one split.
 
-Rebuilds the checkpoint's own data module (same records, captions and split by paper), embeds the
-split, and writes into ``OUT`` (default: ``<run>/eval-<split>/``):
+Rebuilds the checkpoint's own data module (same records, keywords file, captions and split by
+paper), embeds the split, and writes into ``OUT`` (default: ``<run>/eval-<split>/``):
 
 - ``metrics.json`` and ``metrics.md``: text→structure and structure→text pair/group Recall@k and
   median rank for the model and, on the same split, the baselines (random ranking, analytic; the
   same architecture untrained; lexical formula/element matching; the composition-only tower when
-  its checkpoint exists) and the hybrid score cosine + α·lexical, α chosen on the validation
-  split and stored as ``alpha.json`` next to the checkpoint (``clasp search`` uses it);
+  its checkpoint exists and was trained on the same records and split) and the hybrid score
+  cosine + α·lexical, α chosen on the validation split. A test-split evaluation with the
+  checkpoint's own captions stores α beside the checkpoint as ``<checkpoint>.alpha.json``, tied
+  to the checkpoint file by its sha256 (``clasp search`` uses it); on ``--split val`` the hybrid
+  row is in-sample (α was chosen on the same pairs);
 - ``recall_at_k.png``: Recall@k curves, both directions, model vs baselines;
 - ``embedding_map_crystal_system.png`` / ``embedding_map_keywords.png``: t-SNE maps of the
   structure embeddings coloured by crystal system and by keyword category;
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -28,22 +33,30 @@ from tqdm.auto import tqdm
 
 from clasp_pl.api import embed_texts
 from clasp_pl.data.datamodule import CrystalTextDataModule
-from clasp_pl.data.records import CrystalRecord, iter_record_lines
-from clasp_pl.data.text import compose_caption
+from clasp_pl.data.records import CrystalRecord
+from clasp_pl.data.text import CAPTION_FIELDS, compose_caption
 from clasp_pl.evaluation import plots
 from clasp_pl.evaluation.metrics import (
+    BidirectionalRanks,
+    bidirectional_ranks,
     group_sizes,
     random_expectation,
-    retrieval_ranks,
+    summarise_bidirectional,
     summarise_ranks,
 )
-from clasp_pl.evaluation.screening import keyword_labels, keyword_scores, keyword_screening
+from clasp_pl.evaluation.screening import (
+    ScreeningResult,
+    keyword_labels,
+    keyword_scores,
+    keyword_screening,
+)
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.hybrid import choose_alpha, save_alpha
 from clasp_pl.search.lexical import LexicalIndex
 
 DEFAULT_KEYWORDS = Path("conf/eval/amcsd_keywords.yaml")
 COMPOSITION_RUN = Path("runs/composition")
+COMPOSITION_ROW = "composition-only (same text tower, heads, loss, budget)"
 TABLE_KEYS = (
     "pair_R@1",
     "pair_R@5",
@@ -55,19 +68,25 @@ TABLE_KEYS = (
 )
 
 
+class DifferentSplitError(ValueError):
+    """A baseline checkpoint's split holds other records than the evaluated checkpoint's."""
+
+
 @dataclass
 class SplitEmbeddings:
     """Embeddings of one split, aligned row by row.
 
     Attributes:
         crystal: ``[N, D]`` structure embeddings; text: ``[N, D]`` caption embeddings.
-        groups: ``[N]`` paper ids; records: the N records (structure, caption, metadata).
+        groups: ``[N]`` paper ids; records: the N records (structure, text fields, metadata,
+            keywords file applied); captions: the N captions the text embeddings encode.
     """
 
     crystal: torch.Tensor
     text: torch.Tensor
     groups: torch.Tensor
     records: list[CrystalRecord]
+    captions: list[str]
 
 
 def default_checkpoint(run: Path = Path("runs/pretrain")) -> Path:
@@ -80,6 +99,26 @@ def default_checkpoint(run: Path = Path("runs/pretrain")) -> Path:
     return (best or candidates)[-1]
 
 
+def require_file(path: Path, option: str) -> Path:
+    """``path``, which the user named with ``option``; ``FileNotFoundError`` if it is no file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{option} {path}: no such file")
+    return Path(path)
+
+
+def checkpoint_data_hparams(ckpt: Path) -> dict[str, Any]:
+    """The data-module settings stored in a checkpoint (LightningCLI's own ``_`` keys left out).
+
+    Raises:
+        ValueError: when the checkpoint stores none (not written by ``clasp fit``).
+    """
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    hparams = state.get("datamodule_hyper_parameters")
+    if not hparams:
+        raise ValueError(f"{ckpt} carries no data-module settings; was it written by `clasp fit`?")
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
 def load_datamodule(
     ckpt: Path, caption_fields: Sequence[str] | None = None, keywords: str | None = None
 ) -> CrystalTextDataModule:
@@ -87,11 +126,7 @@ def load_datamodule(
 
     ``caption_fields`` evaluates on other captions of the same records and split (e.g. titles
     for a model fine-tuned on keyword captions)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hparams = state.get("datamodule_hyper_parameters")
-    if not hparams:
-        raise ValueError(f"{ckpt} carries no data-module settings; was it written by `clasp fit`?")
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's own keys
+    hparams = checkpoint_data_hparams(ckpt)
     if caption_fields:
         hparams["caption_fields"] = list(caption_fields)
     if keywords:
@@ -102,11 +137,24 @@ def load_datamodule(
     return datamodule
 
 
+def uses_own_captions(ckpt: Path, caption_fields: Sequence[str] | None) -> bool:
+    """Whether ``caption_fields`` (None: the checkpoint's own) are the checkpoint's captions."""
+    if not caption_fields:
+        return True
+    own = checkpoint_data_hparams(ckpt).get("caption_fields") or CAPTION_FIELDS
+    return list(caption_fields) == list(own)
+
+
 @torch.no_grad()
 def embed_split(
-    model: CLaSPModule, datamodule: CrystalTextDataModule, split: str
+    model: CLaSPModule, datamodule: CrystalTextDataModule, split: str, lines: Sequence[str]
 ) -> SplitEmbeddings:
-    """Run ``model`` over a split (eval mode) and fetch the split's records."""
+    """Run ``model`` over a split (eval mode) and fetch the split's records and captions.
+
+    Args:
+        lines: the data module's records as JSON lines, keywords file applied
+            (``datamodule.record_lines()[0]``), indexed by the batches' ``record_index``.
+    """
     model.eval()
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     crystal, text, groups, record_index = [], [], [], []
@@ -117,50 +165,47 @@ def embed_split(
         text.append(t.cpu())
         groups.append(batch["group_ids"].cpu())
         record_index.append(batch["record_index"].cpu())
-    wanted = torch.cat(record_index).tolist()
-    lines = list(iter_record_lines(datamodule.records))
-    records = [CrystalRecord.from_json(lines[i]) for i in wanted]
-    return SplitEmbeddings(torch.cat(crystal), torch.cat(text), torch.cat(groups), records)
+    records = [CrystalRecord.from_json(lines[i]) for i in torch.cat(record_index).tolist()]
+    captions = [compose_caption(r, datamodule.caption_fields) for r in records]
+    return SplitEmbeddings(
+        torch.cat(crystal), torch.cat(text), torch.cat(groups), records, captions
+    )
 
 
-def ranks_both_ways(
-    crystal: torch.Tensor,
-    text: torch.Tensor,
-    groups: torch.Tensor,
-    extra_t2s: Callable[[slice], torch.Tensor] | None = None,
-    extra_s2t: Callable[[slice], torch.Tensor] | None = None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{"t2s": (pair_ranks, group_ranks), "s2t": (...)}`` for aligned pairs."""
-    pairs = torch.arange(len(groups))
-    return {
-        "t2s": retrieval_ranks(text, crystal, groups, groups, pairs, extra_scores=extra_t2s),
-        "s2t": retrieval_ranks(crystal, text, groups, groups, pairs, extra_scores=extra_s2t),
-    }
+def untrained_split(
+    model: CLaSPModule,
+    datamodule: CrystalTextDataModule,
+    split: str,
+    lines: Sequence[str],
+    seed: int,
+) -> SplitEmbeddings:
+    """The split embedded by ``model``'s architecture freshly initialised (seeded), on its
+    device."""
+    torch.manual_seed(seed)
+    hparams = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
+    return embed_split(CLaSPModule(**hparams).to(model.device), datamodule, split, lines)
 
 
-def summarise(ranks: dict[str, tuple[torch.Tensor, torch.Tensor]], ks: Sequence[int]) -> dict:
-    out = {}
-    for direction, (pair, group) in ranks.items():
-        out.update(summarise_ranks(pair, ks, prefix=f"{direction}_pair_"))
-        out.update(summarise_ranks(group, ks, prefix=f"{direction}_group_"))
-    return out
+def split_lexical_index(split: SplitEmbeddings) -> LexicalIndex:
+    """Lexical index over the compositions of the split's structures."""
+    return LexicalIndex([r.composition for r in split.records])
 
 
-def lexical_scores(split: SplitEmbeddings, caption_fields: Sequence[str]) -> torch.Tensor:
+def split_lexical_scores(split: SplitEmbeddings) -> torch.Tensor:
     """``[N texts, N structures]`` formula/element match of each caption with each structure."""
-    captions = [compose_caption(r, caption_fields) for r in split.records]
-    return LexicalIndex([r.composition for r in split.records]).scores(captions)
+    return split_lexical_index(split).scores(split.captions)
 
 
 def hybrid_ranks(
     split: SplitEmbeddings, lexical: torch.Tensor, alpha: float, learned: bool = True
-) -> dict:
-    """Ranks for score = cosine + ``alpha`` x lexical (``learned=False``: lexical alone)."""
+) -> BidirectionalRanks:
+    """Ranks for score = cosine + ``alpha`` x ``lexical [N, N]`` (``learned=False``: lexical
+    alone)."""
     if learned:
         crystal, text = split.crystal, split.text
     else:
         crystal = text = torch.zeros(len(lexical), 1)
-    return ranks_both_ways(
+    return bidirectional_ranks(
         crystal,
         text,
         split.groups,
@@ -169,42 +214,115 @@ def hybrid_ranks(
     )
 
 
-def choose_hybrid_alpha(
-    model: CLaSPModule, datamodule: CrystalTextDataModule
-) -> tuple[float, dict[float, float]]:
+def choose_hybrid_alpha(val: SplitEmbeddings) -> tuple[float, dict[float, float]]:
     """α of the hybrid score with the best validation text→structure group R@10."""
-    val = embed_split(model, datamodule, "val")
-    captions = [compose_caption(r, datamodule.caption_fields) for r in val.records]
-    lexical = LexicalIndex([r.composition for r in val.records])
-    return choose_alpha(val.text, val.crystal, captions, lexical, val.groups)
+    return choose_alpha(val.text, val.crystal, val.captions, split_lexical_index(val), val.groups)
 
 
-def screening(
-    model: CLaSPModule,
-    split: SplitEmbeddings,
-    config: dict,
-    caption_fields: Sequence[str],
-    max_length: int,
-):
-    """Keyword screening: per keyword, prompts from templates x variations, max cosine."""
-    keywords: dict[str, list[str]] = config["keywords"]
+def hybrid_row_name(alpha: float, split: str) -> str:
+    """The hybrid row's label; on the validation split α was chosen on the same pairs."""
+    origin = "α from val, in-sample" if split == "val" else "α from val"
+    return f"hybrid: CLaSP + {alpha:g} x lexical ({origin})"
+
+
+def prompt_embeddings(
+    model: CLaSPModule, config: Mapping[str, Any], max_length: int
+) -> dict[str, torch.Tensor]:
+    """keyword -> ``[T, D]`` embeddings of its prompts (templates x variations)."""
     templates: list[str] = config.get("templates", ["{}"])
-    captions = [compose_caption(r, caption_fields) for r in split.records]
-    labels = keyword_labels(captions, keywords)
-    prompts = {
+    return {
         name: embed_texts(
             model.eval(),
             [t.format(v) for t in templates for v in variations],
             max_length=max_length,
         ).cpu()
-        for name, variations in keywords.items()
+        for name, variations in config["keywords"].items()
     }
+
+
+def screening(
+    model: CLaSPModule,
+    split: SplitEmbeddings,
+    config: Mapping[str, Any],
+    labels: Mapping[str, torch.Tensor],
+    max_length: int,
+) -> tuple[ScreeningResult, ScreeningResult, dict[str, torch.Tensor]]:
+    """Keyword screening of all structures and of a balanced subset, and the ``[N]`` score per
+    keyword (max cosine over the keyword's prompts)."""
+    scores = keyword_scores(split.crystal, prompt_embeddings(model, config, max_length))
     min_positives = int(config.get("min_positives", 5))
-    result = keyword_screening(split.crystal, prompts, labels, min_positives=min_positives)
-    balanced = keyword_screening(
-        split.crystal, prompts, labels, min_positives=min_positives, downsample=True
+    result = keyword_screening(scores, labels, min_positives=min_positives)
+    balanced = keyword_screening(scores, labels, min_positives=min_positives, downsample=True)
+    return result, balanced, scores
+
+
+def load_keyword_config(path: Path | None) -> dict[str, Any] | None:
+    """The keyword-screening config: ``path`` (which must exist), else :data:`DEFAULT_KEYWORDS`
+    when present; None (no screening, with a note) when the default is absent."""
+    if path is not None:
+        return yaml.safe_load(require_file(path, "--keywords").read_text())
+    if DEFAULT_KEYWORDS.is_file():
+        return yaml.safe_load(DEFAULT_KEYWORDS.read_text())
+    print(
+        f"note: {DEFAULT_KEYWORDS} not found (run from the repository root or pass --keywords); "
+        "no keyword screening"
     )
-    return result, balanced, labels, keyword_scores(split.crystal, prompts)
+    return None
+
+
+def composition_checkpoint(
+    ckpt: Path, explicit: Path | None, run: Path | None
+) -> tuple[Path | None, bool]:
+    """``(composition-only baseline to compare with, named by the user)``: ``explicit`` (which
+    must exist), else the best checkpoint under ``run`` (a note when there is none). None when
+    there is none, or when it is the evaluated checkpoint itself."""
+    if explicit is not None:
+        found = require_file(explicit, "--composition-ckpt")
+    elif run is not None and any(run.rglob("*.ckpt")):
+        found = default_checkpoint(run)
+    else:
+        if run is not None:
+            print(f"note: no checkpoint under {run}/ (make pretrain-composition adds its row)")
+        return None, False
+    if found.resolve() == ckpt.resolve():
+        print(f"note: {found} is the evaluated checkpoint; no composition-only row")
+        return None, False
+    return found, explicit is not None
+
+
+def baseline_ranks(
+    ckpt: Path, reference: SplitEmbeddings, split: str, device: str, data: CrystalTextDataModule
+) -> BidirectionalRanks:
+    """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split.
+
+    Raises:
+        DifferentSplitError: when its split holds other records than ``reference``.
+    """
+    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
+    baseline_data = load_datamodule(ckpt, data.caption_fields, data.keywords)  # the same captions
+    embeddings = embed_split(model, baseline_data, split, baseline_data.record_lines()[0])
+    if [r.id for r in embeddings.records] != [r.id for r in reference.records]:
+        raise DifferentSplitError(f"{ckpt} was trained on another split or dataset; cannot compare")
+    return bidirectional_ranks(embeddings.crystal, embeddings.text, embeddings.groups)
+
+
+def optional_baseline_ranks(
+    ckpt: Path,
+    required: bool,
+    reference: SplitEmbeddings,
+    split: str,
+    device: str,
+    data: CrystalTextDataModule,
+) -> BidirectionalRanks | None:
+    """:func:`baseline_ranks`; a baseline found automatically (not ``required``) whose split
+    differs is left out with a warning instead of stopping the evaluation."""
+    try:
+        return baseline_ranks(ckpt, reference, split, device, data)
+    except DifferentSplitError as error:
+        if required:
+            raise
+        print(f"warning: {error}; its row is left out", file=sys.stderr)
+        return None
 
 
 def default_out_dir(ckpt: Path, split: str, caption_fields: Sequence[str] | None) -> Path:
@@ -213,71 +331,99 @@ def default_out_dir(ckpt: Path, split: str, caption_fields: Sequence[str] | None
     return ckpt.parent.parent / f"eval-{split}{suffix}"
 
 
-def baseline_ranks(
-    ckpt: Path, reference: SplitEmbeddings, split: str, device: str, data: CrystalTextDataModule
-) -> dict:
-    """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split."""
-    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
-    baseline_data = load_datamodule(ckpt, data.caption_fields, data.keywords)  # the same captions
-    embeddings = embed_split(model, baseline_data, split)
-    if [r.id for r in embeddings.records] != [r.id for r in reference.records]:
-        raise ValueError(f"{ckpt} was trained on another split or dataset; cannot compare")
-    return ranks_both_ways(embeddings.crystal, embeddings.text, embeddings.groups)
+def write_retrieval(
+    report: Mapping[str, Any], ranks: Mapping[str, BidirectionalRanks], out_dir: Path
+) -> None:
+    """Write ``metrics.md`` (the report's ``methods`` table) and ``recall_at_k.png`` (pair
+    Recall@k for k = 1..50 of every ranked method)."""
+    (out_dir / "metrics.md").write_text(plots.markdown_table(report["methods"], TABLE_KEYS, report))
+    curve_ks = list(range(1, 51))
+    curves = {
+        name: {
+            direction: summarise_ranks(pair_group[0], curve_ks)
+            for direction, pair_group in r.items()
+        }
+        for name, r in ranks.items()
+    }
+    plots.recall_curves(curves, curve_ks, out_dir / "recall_at_k.png")
+
+
+def write_screening(
+    model: CLaSPModule,
+    embeddings: SplitEmbeddings,
+    config: Mapping[str, Any],
+    labels: Mapping[str, torch.Tensor],
+    max_length: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Write ``screening.md`` and ``zero_shot_roc.png``; returns the report's screening part."""
+    result, balanced, scores = screening(model, embeddings, config, labels, max_length)
+    (out_dir / "screening.md").write_text(plots.screening_table(result, balanced))
+    evaluated = {name: scores[name] for name in result.per_keyword}
+    plots.roc_curves(evaluated, labels, out_dir / "zero_shot_roc.png")
+    return {"all": result._asdict(), "balanced": balanced._asdict()}
 
 
 def evaluate(
     ckpt: Path,
     split: str = "test",
     out_dir: Path | None = None,
-    keywords_file: Path = DEFAULT_KEYWORDS,
+    keywords_file: Path | None = None,
     ks: Sequence[int] = (1, 5, 10),
     device: str = "cpu",
     seed: int = 0,
     composition_ckpt: Path | None = None,
     caption_fields: Sequence[str] | None = None,
+    composition_run: Path | None = None,
 ) -> dict:
-    """Evaluate a checkpoint on a split and write the report; returns ``metrics.json``'s content."""
+    """Evaluate a checkpoint on a split and write the report; returns ``metrics.json``'s content.
+
+    Args:
+        keywords_file: keyword-screening YAML (must exist); None: :data:`DEFAULT_KEYWORDS` if
+            present, else no screening.
+        composition_ckpt: composition-only baseline; it must exist and share the split.
+        composition_run: without ``composition_ckpt``, the run whose best checkpoint is the
+            baseline when it shares the split (else its row is left out, with a warning).
+        caption_fields: evaluate on these record fields instead of the checkpoint's captions.
+
+    Raises:
+        FileNotFoundError: a named file (``keywords_file``, ``composition_ckpt``) is missing.
+        DifferentSplitError: ``composition_ckpt`` was trained on another split.
+    """
+    keyword_config = load_keyword_config(keywords_file)
+    baseline, baseline_required = composition_checkpoint(ckpt, composition_ckpt, composition_run)
     out_dir = out_dir or default_out_dir(ckpt, split, caption_fields)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
     datamodule = load_datamodule(ckpt, caption_fields)
-    fields, max_length = datamodule.caption_fields, datamodule.max_length
-    embeddings = embed_split(model, datamodule, split)
-
-    torch.manual_seed(seed)
-    untrained = CLaSPModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")}).to(
-        device
+    lines = datamodule.record_lines()[0]
+    embeddings = embed_split(model, datamodule, split, lines)
+    composition = (  # first: a named baseline of another split fails before the long part
+        optional_baseline_ranks(baseline, baseline_required, embeddings, split, device, datamodule)
+        if baseline is not None
+        else None
     )
-    untrained_embeddings = embed_split(untrained, datamodule, split)
-
-    alpha, alpha_grid = choose_hybrid_alpha(model, datamodule)
-    save_alpha(ckpt, alpha, alpha_grid)
-    lexical = lexical_scores(embeddings, fields)
-
-    curve_ks = list(range(1, 51))
+    untrained = untrained_split(model, datamodule, split, lines, seed)
+    val = embeddings if split == "val" else embed_split(model, datamodule, "val", lines)
+    alpha, alpha_grid = choose_hybrid_alpha(val)
+    alpha_file = None
+    if split == "test" and uses_own_captions(ckpt, caption_fields):
+        alpha_file = str(save_alpha(ckpt, alpha, alpha_grid))
+    lexical = split_lexical_scores(embeddings)
     all_ranks = {
-        "CLaSP (this checkpoint)": ranks_both_ways(
+        "CLaSP (this checkpoint)": bidirectional_ranks(
             embeddings.crystal, embeddings.text, embeddings.groups
         ),
-        "untrained (same architecture)": ranks_both_ways(
-            untrained_embeddings.crystal, untrained_embeddings.text, untrained_embeddings.groups
+        "untrained (same architecture)": bidirectional_ranks(
+            untrained.crystal, untrained.text, untrained.groups
         ),
         "lexical (formulas/elements in text)": hybrid_ranks(embeddings, lexical, 1.0, False),
-        f"hybrid: CLaSP + {alpha:g} x lexical (α from val)": hybrid_ranks(
-            embeddings, lexical, alpha
-        ),
+        hybrid_row_name(alpha, split): hybrid_ranks(embeddings, lexical, alpha),
+        **({COMPOSITION_ROW: composition} if composition is not None else {}),
     }
-    if composition_ckpt and Path(composition_ckpt).is_file() and Path(composition_ckpt) != ckpt:
-        all_ranks["composition-only (same text tower, heads, loss, budget)"] = baseline_ranks(
-            Path(composition_ckpt), embeddings, split, device, datamodule
-        )
-    rows = {name: summarise(r, ks) for name, r in all_ranks.items()}
+    rows = {name: summarise_bidirectional(r, ks) for name, r in all_ranks.items()}
     rows["random (expected)"] = random_expectation(
         len(embeddings.groups), group_sizes(embeddings.groups), ks
-    )
-
-    keyword_config = (
-        yaml.safe_load(Path(keywords_file).read_text()) if Path(keywords_file).is_file() else None
     )
     report = {
         "checkpoint": str(ckpt),
@@ -286,30 +432,18 @@ def evaluate(
         "n_papers": int(torch.unique(embeddings.groups).numel()),
         "hybrid_alpha": alpha,
         "hybrid_alpha_val_group_R@10": alpha_grid,
+        "hybrid_alpha_file": alpha_file,
         "methods": rows,
     }
-    (out_dir / "metrics.md").write_text(plots.markdown_table(rows, TABLE_KEYS, report))
-    plots.recall_curves(
-        {name: {d: summarise_ranks(r[d][0], curve_ks) for d in r} for name, r in all_ranks.items()},
-        curve_ks,
-        out_dir / "recall_at_k.png",
+    write_retrieval(report, all_ranks, out_dir)
+    labels = (
+        keyword_labels(embeddings.captions, keyword_config["keywords"]) if keyword_config else {}
     )
-    keyword_labels_all = (
-        keyword_labels(
-            [compose_caption(r, fields) for r in embeddings.records], keyword_config["keywords"]
-        )
-        if keyword_config
-        else {}
-    )
-    plots.embedding_maps(embeddings.crystal, embeddings.records, keyword_labels_all, out_dir, seed)
+    plots.embedding_maps(embeddings.crystal, embeddings.records, labels, out_dir, seed)
     if keyword_config:
-        result, balanced, labels, scores = screening(
-            model, embeddings, keyword_config, fields, max_length
+        report["screening"] = write_screening(
+            model, embeddings, keyword_config, labels, datamodule.max_length, out_dir
         )
-        report["screening"] = {"all": result._asdict(), "balanced": balanced._asdict()}
-        (out_dir / "screening.md").write_text(plots.screening_table(result, balanced))
-        evaluated = {name: scores[name] for name in result.per_keyword}
-        plots.roc_curves(evaluated, labels, out_dir / "zero_shot_roc.png")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -324,38 +458,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keywords",
         type=Path,
-        default=DEFAULT_KEYWORDS,
-        help="YAML with keywords, templates, min_positives",
+        help=f"YAML with keywords, templates, min_positives (default: {DEFAULT_KEYWORDS}; "
+        "no screening, with a note, when it is absent)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--composition-ckpt",
         type=Path,
-        help="composition-only baseline (default: the best of runs/composition, written by "
-        "make pretrain-composition); its row is left out if there is none",
+        help="composition-only baseline, trained on the same records and split (default: the "
+        f"best of {COMPOSITION_RUN}, written by make pretrain-composition; its row is left out "
+        "if there is none or if it was trained on other records)",
     )
     parser.add_argument(
         "--caption-fields",
         nargs="+",
-        choices=("title", "abstract", "keywords"),
+        choices=CAPTION_FIELDS,
         help="evaluate on these record fields instead of the checkpoint's own captions",
     )
     args = parser.parse_args(argv)
-    ckpt = args.ckpt or default_checkpoint()
-    composition = args.composition_ckpt
-    if composition is None and list(COMPOSITION_RUN.rglob("*.ckpt")):
-        composition = default_checkpoint(COMPOSITION_RUN)
-    print(f"evaluating {ckpt} on the {args.split} split")
-    report = evaluate(
-        ckpt,
-        args.split,
-        args.out,
-        args.keywords,
-        device=args.device,
-        composition_ckpt=composition,
-        caption_fields=args.caption_fields,
-    )
+    try:
+        ckpt = args.ckpt or default_checkpoint()
+        print(f"evaluating {ckpt} on the {args.split} split")
+        report = evaluate(
+            ckpt,
+            args.split,
+            args.out,
+            args.keywords,
+            device=args.device,
+            composition_ckpt=args.composition_ckpt,
+            caption_fields=args.caption_fields,
+            composition_run=None if args.composition_ckpt else COMPOSITION_RUN,
+        )
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out = args.out or default_out_dir(ckpt, args.split, args.caption_fields)
     print((out / "metrics.md").read_text())
+    alpha_note = report["hybrid_alpha_file"] or (
+        "not stored: only a test-split evaluation with the checkpoint's own captions stores it"
+    )
+    print(f"hybrid α {report['hybrid_alpha']:g} ({alpha_note})")
     print(f"report, plots and metrics.json in {out}/ ({report['n_pairs']} pairs)")
     return 0

@@ -59,13 +59,10 @@ def retrieval_metrics(
         ``pair_R@k``, ``pair_mean_rank``, ``pair_median_rank``, ``pair_mrr`` and the same
         keys with the ``group_`` prefix, as Python floats.
     """
-    pair_ranks, group_ranks = retrieval_ranks(
+    ranks = retrieval_ranks(
         query_emb, target_emb, query_groups, target_groups, pair_index, chunk_size, extra_scores
     )
-    return {
-        **summarise_ranks(pair_ranks, ks, prefix="pair_"),
-        **summarise_ranks(group_ranks, ks, prefix="group_"),
-    }
+    return summarise_pair_group(ranks, ks)
 
 
 def retrieval_ranks(
@@ -124,6 +121,64 @@ def summarise_ranks(ranks: Tensor, ks: Sequence[int], prefix: str = "") -> dict[
     return out
 
 
+def summarise_pair_group(
+    ranks: tuple[Tensor, Tensor], ks: Sequence[int], prefix: str = ""
+) -> dict[str, float]:
+    """:func:`summarise_ranks` of ``(pair ranks [N], group ranks [N])``, keyed
+    ``{prefix}pair_*`` and ``{prefix}group_*``."""
+    pair, group = ranks
+    return {
+        **summarise_ranks(pair, ks, prefix=f"{prefix}pair_"),
+        **summarise_ranks(group, ks, prefix=f"{prefix}group_"),
+    }
+
+
+BidirectionalRanks = dict[str, tuple[Tensor, Tensor]]
+"""``{"t2s": (pair ranks [N], group ranks [N]), "s2t": (...)}`` of :func:`bidirectional_ranks`."""
+
+
+def bidirectional_ranks(
+    crystal_emb: Tensor,
+    text_emb: Tensor,
+    groups: Tensor,
+    chunk_size: int = 1024,
+    extra_t2s: ExtraScores | None = None,
+    extra_s2t: ExtraScores | None = None,
+) -> BidirectionalRanks:
+    """Pair and group ranks in both directions for aligned pairs.
+
+    Item ``i``'s crystal and text form a pair. Texts shared by several structures of one
+    paper are identical, so in the structure-to-text direction the exact partner ties with
+    its duplicates (resolved by the tie rule); group ranks count any text of the same paper
+    as a hit and are insensitive to this.
+
+    Args:
+        crystal_emb: ``[N, D]`` L2-normalised structure embeddings.
+        text_emb: ``[N, D]`` L2-normalised text embeddings.
+        groups: ``[N]`` int64 paper id of each item.
+        chunk_size: number of queries scored at once.
+        extra_t2s: optional additive scores of text queries against structures (``f(rows) ->
+            [len(rows), N]``, see :func:`retrieval_metrics`); ``extra_s2t`` the other way.
+
+    Returns:
+        ``{"t2s": (pair, group), "s2t": (pair, group)}``, each ``[N]`` int64: ``t2s`` has text
+        queries and structure targets, ``s2t`` structure queries and text targets.
+    """
+    pairs = torch.arange(crystal_emb.shape[0], device=crystal_emb.device)
+    return {
+        "t2s": retrieval_ranks(text_emb, crystal_emb, groups, groups, pairs, chunk_size, extra_t2s),
+        "s2t": retrieval_ranks(crystal_emb, text_emb, groups, groups, pairs, chunk_size, extra_s2t),
+    }
+
+
+def summarise_bidirectional(ranks: BidirectionalRanks, ks: Sequence[int]) -> dict[str, float]:
+    """The keys of :func:`retrieval_metrics` prefixed with each direction (``t2s_``, ``s2t_``)."""
+    out: dict[str, float] = {}
+    for direction, pair_group in ranks.items():
+        out.update(summarise_pair_group(pair_group, ks, prefix=f"{direction}_"))
+    return out
+
+
 def bidirectional_metrics(
     crystal_emb: Tensor,
     text_emb: Tensor,
@@ -131,31 +186,15 @@ def bidirectional_metrics(
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """CLaSP retrieval metrics in both directions for aligned pairs.
-
-    Item ``i``'s crystal and text form a pair. Texts shared by several structures of one
-    paper are identical, so in the structure-to-text direction the exact partner ties with
-    its duplicates (resolved by the tie rule); the ``group_`` metrics count any text of the
-    same paper as a hit and are insensitive to this.
-
-    Args:
-        crystal_emb: ``[N, D]`` L2-normalised structure embeddings.
-        text_emb: ``[N, D]`` L2-normalised text embeddings.
-        groups: ``[N]`` int64 paper id of each item.
-        ks: cut-offs for Recall@k.
-        chunk_size: number of queries scored at once.
+    """CLaSP retrieval metrics in both directions for aligned pairs (see
+    :func:`bidirectional_ranks` for the arguments and ties).
 
     Returns:
         The keys of :func:`retrieval_metrics` prefixed ``t2s_`` (text queries, structure
         targets) and ``s2t_`` (structure queries, text targets).
     """
-    pair_index = torch.arange(crystal_emb.shape[0], device=crystal_emb.device)
-    t2s = retrieval_metrics(text_emb, crystal_emb, groups, groups, pair_index, ks, chunk_size)
-    s2t = retrieval_metrics(crystal_emb, text_emb, groups, groups, pair_index, ks, chunk_size)
-    return {
-        **{f"t2s_{k}": v for k, v in t2s.items()},
-        **{f"s2t_{k}": v for k, v in s2t.items()},
-    }
+    ranks = bidirectional_ranks(crystal_emb, text_emb, groups, chunk_size)
+    return summarise_bidirectional(ranks, ks)
 
 
 def group_sizes(groups: Tensor) -> Tensor:

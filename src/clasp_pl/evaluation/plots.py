@@ -11,10 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from clasp_pl.data.labels import CRYSTAL_SYSTEMS, crystal_system_index  # noqa: E402
 from clasp_pl.data.records import CrystalRecord  # noqa: E402
 
 DIRECTIONS = {"t2s": "text → structure", "s2t": "structure → text"}
@@ -66,10 +66,10 @@ def recall_curves(
 
 
 def crystal_system(record: CrystalRecord) -> str:
-    try:
-        return SpacegroupAnalyzer(record.to_structure(), symprec=0.1).get_crystal_system()
-    except Exception:  # noqa: BLE001 - a symmetry failure only loses a colour
-        return "unknown"
+    """The record's crystal system name (:func:`~clasp_pl.data.labels.crystal_system_index`),
+    ``"unknown"`` when the symmetry analysis fails (the structure only loses its colour)."""
+    index = crystal_system_index(record)
+    return "unknown" if index is None else CRYSTAL_SYSTEMS[index]
 
 
 def embedding_maps(

@@ -116,8 +116,7 @@ def keyword_scores(structure_emb: Tensor, prompt_emb: Mapping[str, Tensor]) -> d
 
 
 def keyword_screening(
-    structure_emb: Tensor,
-    prompt_emb: Mapping[str, Tensor],
+    scores: Mapping[str, Tensor],
     labels: Mapping[str, Tensor],
     ks: Sequence[int] = (10, 50),
     min_positives: int = 5,
@@ -126,12 +125,9 @@ def keyword_screening(
 ) -> ScreeningResult:
     """Screen structures for every keyword and average the metrics over keywords.
 
-    A structure's score for a keyword is the maximum cosine similarity between its embedding
-    and the embeddings of the keyword's prompts/variations.
-
     Args:
-        structure_emb: ``[N, D]`` structure embeddings (normalised here).
-        prompt_emb: keyword -> ``[T, D]`` embeddings of its prompts (normalised here).
+        scores: keyword -> ``[N]`` score of each structure, e.g. the maximum cosine similarity
+            between its embedding and the keyword's prompts (:func:`keyword_scores`).
         labels: keyword -> ``[N]`` bool ground truth (e.g. from :func:`keyword_labels`).
         ks: cut-offs for precision@k.
         min_positives: keywords with fewer positives are skipped.
@@ -141,7 +137,6 @@ def keyword_screening(
     Returns:
         Per-keyword metrics, their mean over evaluated keywords and the skipped keywords.
     """
-    scores = keyword_scores(structure_emb, prompt_emb)
     per_keyword: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
     for name, keyword_score in scores.items():
