@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import BertModel
 
+from clasp_pl.api import load_model
 from clasp_pl.convert_official import ConversionError, convert, main
-from clasp_pl.data.datamodule import collate_pairs
+from clasp_pl.data.datamodule import CrystalTextDataModule, collate_pairs
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
+from clasp_pl.evaluation.evaluate import checkpoint_data_hparams
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.text_models import load_text_model, load_tokenizer
 from conftest import TINY_GRAPH, first_records
@@ -153,6 +157,30 @@ def test_converted_checkpoint_loads_with_inferred_layout(converted) -> None:
     assert hparams["graph"]["radius"] == TINY_GRAPH.radius
     assert hparams["text"]["pooling"] == "pooler"
     assert hparams["loss"]["kind"] == "cosface"
+
+
+def test_converted_checkpoint_carries_the_papers_data_settings(
+    converted, records_file, tmp_path
+) -> None:
+    """Title captions cut to 64 tokens (what `clasp eval` and load_model read), with the model's
+    text and graph settings; a config's data section overrides the paper's."""
+    _, out = converted
+    data = checkpoint_data_hparams(Path(out))
+    assert data["caption_fields"] == ["title"] and data["max_length"] == 64
+    assert load_model(out).text_max_length == 64
+    datamodule = CrystalTextDataModule(
+        **{**data, "records": str(records_file), "cache_dir": str(tmp_path)}
+    )
+    assert datamodule.text.model == "tiny-random" and datamodule.graph.radius == TINY_GRAPH.radius
+
+    official = Path(out).with_name("official.ckpt")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"max_length": 32, "split_seed": 3}}))
+    other = tmp_path / "with_config.ckpt"
+    argv = [str(official), str(other), "--text-model", "tiny-random", "--config", str(config)]
+    assert main(argv) == 0
+    data = checkpoint_data_hparams(other)
+    assert (data["max_length"], data["split_seed"], data["caption_fields"]) == (32, 3, ["title"])
 
 
 def test_same_embeddings_as_the_official_forward(converted) -> None:

@@ -44,6 +44,10 @@ Structural differences, and how they are handled:
 - Not weights: the official cosface/InfoNCE scale and margin are config values (the loss section
   of ``--config``, else the paper's cosface s=3, m=0.5 pre-training setting); BERT's constant
   ``embeddings.position_ids`` buffer, stored by older transformers versions, is skipped.
+- The converted checkpoint also stores data-module settings, as ``clasp fit`` does (``clasp
+  eval`` rebuilds the data module from them, :func:`~clasp_pl.api.load_model` truncates
+  captions to their ``max_length``): the paper's title captions cut to 64 tokens, updated from
+  the ``data`` section of ``--config``, with the model's text and graph settings.
 - Data side (the same weights see slightly different graphs): the official graphs use the
   conventional standard cell, exactly 12 neighbours per atom (padded with index 0 at distance
   radius+1 Å) and occupancy-weighted atom features for disordered sites; ours keep whole
@@ -71,6 +75,7 @@ from clasp_pl.models.clasp import CLaSPModule
 
 PAPER_TEXT_MODEL = "allenai/scibert_scivocab_uncased"
 PAPER_LOSS = {"kind": "cosface", "scale": 3.0, "margin": 0.5}
+PAPER_DATA = {"caption_fields": ["title"], "max_length": 64}  # stage 1: titles cut to 64 tokens
 CRYSTAL, TEXT = "model.", "model_text."
 CONSTANT_BUFFERS = ("embeddings.position_ids",)
 OFFICIAL_BN_EPS = 1e-5  # torch's BatchNorm1d default, used throughout the official models
@@ -339,13 +344,27 @@ def convert(
     return module.eval(), result.notes
 
 
-def save_lightning_checkpoint(module: CLaSPModule, out: str | Path, notes: list[str]) -> None:
-    """Write a checkpoint that ``CLaSPModule.load_from_checkpoint(out)`` restores."""
+def data_hparams(module: CLaSPModule, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The data-module settings of a converted model: :data:`PAPER_DATA` updated from the
+    config's ``data`` section, with the model's text and graph settings (``clasp fit`` links
+    them the same way)."""
+    data = {**copy.deepcopy(PAPER_DATA), **copy.deepcopy(dict(config.get("data") or {}))}
+    data["text"] = copy.deepcopy(module.hparams["text"])
+    data["graph"] = copy.deepcopy(module.hparams["graph"])
+    return data
+
+
+def save_lightning_checkpoint(
+    module: CLaSPModule, out: str | Path, notes: list[str], data: Mapping[str, Any]
+) -> None:
+    """Write a checkpoint that ``CLaSPModule.load_from_checkpoint(out)`` restores, with the
+    data-module settings ``data`` (:func:`data_hparams`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
+        "datamodule_hyper_parameters": dict(data),
         "pytorch-lightning_version": lightning.__version__,
         "epoch": 0,
         "global_step": 0,
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"error: cannot convert {args.ckpt}: {error}", file=sys.stderr)
         return 2
-    save_lightning_checkpoint(module, args.out, notes)
+    save_lightning_checkpoint(module, args.out, notes, data_hparams(module, config or {}))
     print(f"converted {args.ckpt} → {args.out}")
     print("\n".join(f"  {note}" for note in notes))
     return 0
