@@ -157,6 +157,31 @@ def test_keywords_file_reports_its_matches(few_records: Path, tmp_path: Path, ca
     assert "matched 2 of 12 records" in capsys.readouterr().out
 
 
+def test_setup_after_prepare_data_reads_the_records_once(
+    few_records: Path, tmp_path: Path, capsys
+) -> None:
+    """``setup`` takes over the stores that ``prepare_data`` built in this process (the keyword
+    summary, printed by each reading of the records, appears once); a later ``setup`` reads
+    them again."""
+    ids = [record.id for record in first_records(2)]
+    keywords = tmp_path / "kw.json"
+    keywords.write_text(json.dumps({ids[0]: ["garnet"]}))
+    dm = CrystalTextDataModule(
+        records=str(few_records),
+        cache_dir=str(tmp_path / "cache"),
+        keywords=str(keywords),
+        text=TextConfig(model="tiny-random"),
+        graph=TINY_GRAPH,
+        split_fractions=(0.5, 0.25, 0.25),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert capsys.readouterr().out.count("matched 1 of 12 records") == 1
+    dm.datasets = {}
+    dm.setup("fit")
+    assert capsys.readouterr().out.count("matched 1 of 12 records") == 1
+
+
 def test_keywords_file_matching_nothing_warns(few_records: Path, tmp_path: Path) -> None:
     keywords = tmp_path / "kw.json"
     keywords.write_text(json.dumps({"not-an-id": ["garnet"]}))

@@ -128,11 +128,31 @@ def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 
 
 
 class SplitDataModule(L.LightningDataModule):
-    """A data module whose train/val/test loaders differ only by split: subclasses implement
-    ``_loader(split, train)``."""
+    """A data module built from cached stores, whose train/val/test loaders differ only by split.
+
+    Subclasses implement ``_build()`` (build or open their stores) and ``_loader(split,
+    train)``. ``prepare_data`` builds the stores (local rank 0 of each node); ``setup`` opens
+    them through :meth:`_stores`, which hands over what ``prepare_data`` built in this process
+    instead of reading and fingerprinting the records a second time.
+    """
+
+    _prepared: tuple | None = None
+
+    def _build(self) -> tuple:
+        raise NotImplementedError
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Build the caches once (rank 0 of each node); later runs reuse them."""
+        self._prepared = self._build()
+
+    def _stores(self) -> tuple:
+        """The stores this process's ``prepare_data`` built, once; else ``_build()`` (which
+        opens caches that exist)."""
+        stores, self._prepared = self._prepared, None
+        return stores if stores is not None else self._build()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -274,14 +294,10 @@ class CrystalTextDataModule(SplitDataModule):
             print_rejects(rejects, "composition features")
         return graphs, tokens, per_record
 
-    def prepare_data(self) -> None:
-        """Build the caches once (rank 0 of each node); later runs reuse them."""
-        self._build()
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        graphs, tokens, per_record = self._build()  # caches exist by now: this only opens them
+        graphs, tokens, per_record = self._stores()
         tokenizer = load_tokenizer(self.text.model)
         self.pad_token_id = tokenizer.pad_token_id or 0
         record_index = graphs.field("record_index")

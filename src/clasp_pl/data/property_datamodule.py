@@ -182,14 +182,10 @@ class PropertyDataModule(SplitDataModule):
         )
         return graphs, targets
 
-    def prepare_data(self) -> None:
-        """Build the caches once (rank 0 of each node); later runs reuse them."""
-        self._build()
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        graphs, targets = self._build()  # caches exist by now: this only opens them
+        graphs, targets = self._stores()
         self.targets = targets.field("value")  # [n_records], NaN = no target
         record_index = graphs.field("record_index")
         labelled = np.isfinite(self.targets[record_index])
