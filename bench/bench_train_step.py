@@ -10,10 +10,14 @@ ways of treating the text side are timed side by side in one run:
 Per step: collate (loader fetch + collate), crystal tower+head forward+backward, text side
 forward(+backward), loss forward+backward (gather included under DDP), and the full optimizer step
 timed end to end; shares are of the sum of the parts. ``--device cuda`` runs on a GPU in bf16
-autocast and adds peak memory and the text tower's model-FLOPs utilisation (6·params·tokens per
-trained token, 2·params·tokens when only forward); it says so and exits when no GPU exists.
+autocast and adds peak memory and the text tower's model-FLOPs utilisation (6·params per trained
+token, 2·params per token when only forward, over the time of the text side) against the GPU's
+dense bf16 peak: ``--peak-tflops``, by default 989 for an H100/H200 and 312 for an A100 (other
+GPUs: n/a unless given). In ``cached`` mode the tower does not run (only the text head does), so
+its MFU is n/a. Without a GPU it says so and exits.
 
-Usage: ``python bench/bench_train_step.py [--steps 8] [--device cpu|cuda] [--out FILE]``
+Usage: ``python bench/bench_train_step.py [--steps 8] [--device cpu|cuda] [--peak-tflops T]
+[--out FILE]``
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ MODES = {
     "frozen-live": TextConfig(freeze=True),
     "trainable": TextConfig(freeze=False),
 }
-H100_BF16_DENSE_TFLOPS = 989.0
+PEAK_BF16_DENSE_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 peak (TFLOPS, no sparsity) by a substring of the GPU's name."""
 
 
 def synchronise(device: str) -> None:
@@ -61,7 +66,30 @@ def to(batch: dict, device: str) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def bench_mode(mode: str, steps: int, batch_size: int, device: str) -> dict:
+def default_peak_tflops(gpu_name: str) -> float | None:
+    """The dense bf16 peak (TFLOPS) of a GPU named ``gpu_name``; None when it is not known."""
+    return next(
+        (peak for key, peak in PEAK_BF16_DENSE_TFLOPS.items() if key in gpu_name.upper()), None
+    )
+
+
+def text_tower_mfu(
+    mode: str, params: int, tokens_per_step: float, seconds: float, peak_tflops: float | None
+) -> float | None:
+    """Model-FLOPs utilisation of the text tower: (2 forward only, 6 trained) x ``params`` x
+    ``tokens_per_step`` per ``seconds`` (the text side's time per step), over ``peak_tflops``.
+
+    None in ``cached`` mode (the tower does not run; the time is the head's) or without a peak.
+    """
+    if mode == "cached" or peak_tflops is None:
+        return None
+    flops_per_token = (2 if MODES[mode].freeze else 6) * params
+    return flops_per_token * tokens_per_step / seconds / 1e12 / peak_tflops
+
+
+def bench_mode(
+    mode: str, steps: int, batch_size: int, device: str, peak_tflops: float | None = None
+) -> dict:
     text = MODES[mode]
     datamodule = CrystalTextDataModule(
         records=str(REPO / "data/amcsd_default.jsonl.gz"),
@@ -115,14 +143,30 @@ def bench_mode(mode: str, steps: int, batch_size: int, device: str) -> dict:
     if device == "cuda":
         result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
         params = sum(p.numel() for p in model.text_tower.parameters())
-        flops_per_token = (2 if text.freeze else 6) * params
-        text_key = "text fwd" if text.freeze else "text fwd+bwd"
-        achieved = flops_per_token * result["tokens/step"] / result[text_key] / 1e12
-        result["text MFU"] = achieved / H100_BF16_DENSE_TFLOPS
+        seconds = result["text fwd" if text.freeze else "text fwd+bwd"]
+        result["text MFU"] = text_tower_mfu(
+            mode, params, result["tokens/step"], seconds, peak_tflops
+        )
     return result
 
 
-def table(results: dict[str, dict], device: str, batch_size: int) -> str:
+def peak_note(gpu_name: str, peak_tflops: float | None) -> str:
+    """The sentence under the GPU table saying which peak the MFU assumes."""
+    if peak_tflops is None:
+        return f"Text MFU: n/a, no known peak for {gpu_name} (pass --peak-tflops)."
+    return (
+        f"Text MFU against a dense bf16 peak of {peak_tflops:g} TFLOPS ({gpu_name}); n/a for "
+        "cached features (the text tower does not run)."
+    )
+
+
+def mfu_cell(mfu: float | None) -> str:
+    """A table cell: the MFU as a percentage, or n/a."""
+    return "n/a" if mfu is None else f"{mfu:.1%}"
+
+
+def table(results: dict[str, dict], device: str, batch_size: int, peak: str | None = None) -> str:
+    """The Markdown table of every mode's step breakdown; ``peak``: :func:`peak_note` (GPU)."""
     parts = ["collate", "crystal fwd+bwd", "text", "loss fwd+bwd"]
     lines = [
         f"### Training step on {device} (default model, batch {batch_size}, AMCSD titles)",
@@ -142,7 +186,7 @@ def table(results: dict[str, dict], device: str, batch_size: int) -> str:
         ]
         total = sum(values)
         cells = [f"{v:.3f} ({v / total:.0%})" for v in values]
-        extra = f" {r['peak GiB']:.2f} | {r['text MFU']:.1%} |" if device == "cuda" else ""
+        extra = f" {r['peak GiB']:.2f} | {mfu_cell(r['text MFU'])} |" if device == "cuda" else ""
         lines.append(
             f"| {mode} | "
             + " | ".join(cells)
@@ -155,6 +199,8 @@ def table(results: dict[str, dict], device: str, batch_size: int) -> str:
         f"Cached frozen text features vs running the frozen encoder every step: "
         f"**{cached / live:.1f}×** samples/s.",
     ]
+    if peak:
+        lines += ["", peak]
     return "\n".join(lines) + "\n"
 
 
@@ -163,13 +209,27 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the GPU's dense bf16 peak for the text MFU (default: 989 for H100/H200, 312 for "
+        "A100; other GPUs: MFU n/a)",
+    )
     parser.add_argument("--out", help="append the Markdown table to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no GPU on this machine; skipped")
         return 0
-    results = {mode: bench_mode(mode, args.steps, args.batch_size, args.device) for mode in MODES}
-    report = table(results, args.device, args.batch_size)
+    peak_tflops, peak = None, None
+    if args.device == "cuda":
+        gpu_name = torch.cuda.get_device_name()
+        peak_tflops = args.peak_tflops or default_peak_tflops(gpu_name)
+        peak = peak_note(gpu_name, peak_tflops)
+    results = {
+        mode: bench_mode(mode, args.steps, args.batch_size, args.device, peak_tflops)
+        for mode in MODES
+    }
+    report = table(results, args.device, args.batch_size, peak)
     print(report)
     if args.out:
         with open(args.out, "a") as handle:

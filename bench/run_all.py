@@ -20,7 +20,11 @@ BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("featurization", ["bench_featurize.py", "--n", "1000"], ["--n", "200"]),
     ("training step (CPU)", ["bench_train_step.py", "--steps", "8"], ["--steps", "2"]),
-    ("training step (GPU)", ["bench_train_step.py", "--device", "cuda"], []),
+    (
+        "training step (GPU)",
+        ["bench_train_step.py", "--device", "cuda"],
+        ["--device", "cuda", "--steps", "2"],
+    ),
     (
         "retrieval metrics",
         ["bench_metrics.py", "--n", "100000", "--dim", "256"],
