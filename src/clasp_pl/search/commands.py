@@ -308,4 +308,3 @@ def search_main(argv: list[str] | None = None) -> int:
             print(f"alpha {alpha:g}: {alpha_source}; score = cosine + alpha * lexical")
         print(format_table(results[0]["query"], results[0]["hits"]))
     return 0
-
