@@ -182,18 +182,21 @@ def composition_checkpoint_file(trained_run: Path, name: str, **data_changes) ->
 
 
 def test_composition_baseline_of_other_records(trained_run, monkeypatch, capsys):
-    """Found automatically under runs/composition: a baseline split differently is left out
-    with a warning; named with --composition-ckpt it is an error; one of the same split is a
-    row."""
+    """Found automatically under runs/composition: a baseline of other records, or split
+    differently, is left out with a warning; named with --composition-ckpt it is an error; one
+    of the same split is a row."""
     monkeypatch.chdir(trained_run)
     ckpt = str(trained_run / "runs/pretrain/checkpoints/last.ckpt")
-    other = composition_checkpoint_file(trained_run, "best-other.ckpt", split_seed=1)
-    assert (
-        main(["eval", "--ckpt", ckpt, "--out", "eval-auto", "--keywords", str(KEYWORDS_YAML)]) == 0
-    )
-    assert "trained on another split or dataset" in capsys.readouterr().err
-    methods = json.loads((trained_run / "eval-auto/metrics.json").read_text())["methods"]
-    assert COMPOSITION_ROW not in methods and "CLaSP (this checkpoint)" in methods
+    automatic = ["eval", "--ckpt", ckpt, "--out", "eval-auto", "--keywords", str(KEYWORDS_YAML)]
+    for changes, reason in [
+        ({"records": "elsewhere.jsonl.gz"}, "was trained on elsewhere.jsonl.gz"),
+        ({"split_seed": 1}, "was trained on another split or dataset"),
+    ]:
+        other = composition_checkpoint_file(trained_run, "best-other.ckpt", **changes)
+        assert main(automatic) == 0
+        assert reason in capsys.readouterr().err
+        methods = json.loads((trained_run / "eval-auto/metrics.json").read_text())["methods"]
+        assert COMPOSITION_ROW not in methods and "CLaSP (this checkpoint)" in methods
 
     named = ["eval", "--ckpt", ckpt, "--out", "eval-named", "--composition-ckpt"]
     with pytest.raises(DifferentSplitError):

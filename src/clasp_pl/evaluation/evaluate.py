@@ -32,7 +32,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from clasp_pl.api import embed_texts
-from clasp_pl.data.datamodule import CrystalTextDataModule
+from clasp_pl.data.cache import file_fingerprint
+from clasp_pl.data.datamodule import DEFAULT_RECORDS, CrystalTextDataModule
 from clasp_pl.data.records import CrystalRecord
 from clasp_pl.data.text import CAPTION_FIELDS, compose_caption
 from clasp_pl.evaluation import plots
@@ -290,14 +291,26 @@ def composition_checkpoint(
     return found, explicit is not None
 
 
+def check_same_records(ckpt: Path, data: CrystalTextDataModule) -> None:
+    """Raise :class:`DifferentSplitError` unless checkpoint ``ckpt`` was trained on a records
+    file with the same content as ``data``'s (checked before featurizing anything)."""
+    records = Path(checkpoint_data_hparams(ckpt).get("records") or DEFAULT_RECORDS)
+    if not records.is_file() or file_fingerprint(records) != file_fingerprint(data.records):
+        raise DifferentSplitError(
+            f"{ckpt} was trained on {records}, not on {data.records}; cannot compare"
+        )
+
+
 def baseline_ranks(
     ckpt: Path, reference: SplitEmbeddings, split: str, device: str, data: CrystalTextDataModule
 ) -> BidirectionalRanks:
     """Ranks of another checkpoint (e.g. the composition-only baseline) on the same split.
 
     Raises:
-        DifferentSplitError: when its split holds other records than ``reference``.
+        DifferentSplitError: when it was trained on other records, or its split holds other
+            records than ``reference``.
     """
+    check_same_records(ckpt, data)
     model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
     baseline_data = load_datamodule(ckpt, data.caption_fields, data.keywords)  # the same captions
     embeddings = embed_split(model, baseline_data, split, baseline_data.record_lines()[0])
