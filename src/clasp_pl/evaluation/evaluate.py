@@ -184,6 +184,7 @@ def untrained_split(
     device."""
     torch.manual_seed(seed)
     hparams = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
+    hparams["init_from"] = None  # older checkpoints kept it as a hyper-parameter: load nothing
     return embed_split(CLaSPModule(**hparams).to(model.device), datamodule, split, lines)
 
 
