@@ -41,6 +41,12 @@ def trained_run(tmp_path_factory, records_file):
     return run
 
 
+@pytest.fixture(autouse=True)
+def in_run_folder(trained_run, monkeypatch):
+    """Each test runs in the run's folder, where the checkpoint's relative data/cache is."""
+    monkeypatch.chdir(trained_run)
+
+
 def fit(records_file):
     main(
         [
