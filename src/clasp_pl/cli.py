@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -47,14 +50,25 @@ class CLaSPCLI(LightningCLI):
                 callback.init_args.dirpath = str(folder)
 
 
+@contextlib.contextmanager
+def frozen_towers_in_eval_mode() -> Iterator[None]:
+    """Silence Lightning's warning about modules in eval mode at the start of training: frozen
+    towers stay in eval mode on purpose (no dropout, fixed batch-norm statistics), and the model
+    summary still counts them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        yield
+
+
 def lightning_main(argv: list[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` + options)."""
-    CLaSPCLI(
-        CLaSPModule,
-        CrystalTextDataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-    )
+    with frozen_towers_in_eval_mode():
+        CLaSPCLI(
+            CLaSPModule,
+            CrystalTextDataModule,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 SUBCOMMANDS = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from clasp_pl.cli import frozen_towers_in_eval_mode
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.property_datamodule import PropertyDataModule, num_classes_of, task_of
 from clasp_pl.models.finetune import PropertyModule
@@ -30,9 +31,10 @@ class PropertyCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     """Run the fine-tuning LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ...)."""
-    PropertyCLI(
-        PropertyModule,
-        PropertyDataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-    )
+    with frozen_towers_in_eval_mode():
+        PropertyCLI(
+            PropertyModule,
+            PropertyDataModule,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+        )
