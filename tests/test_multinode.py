@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from clasp_pl.cli import CLaSPCLI
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.training import AtomicCheckpointIO, ResumeState
+from clasp_pl.training import AtomicCheckpointIO, ResumeState, StopAfterSteps
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -58,8 +58,58 @@ def test_cpu_preset_checkpoints_atomically_into_one_resumable_last(tmp_path, rec
     assert any(isinstance(c, ResumeState) for c in trainer.callbacks)
     checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert {c.dirpath for c in checkpoints} == {os.path.realpath("runs/pretrain/checkpoints")}
-    assert all(c.save_last and not c._enable_version_counter for c in checkpoints)
-    assert any(c._every_n_train_steps > 0 for c in checkpoints)  # mid-epoch last.ckpt too
+    assert not any(c._enable_version_counter for c in checkpoints)  # one last.ckpt, overwritten
+    assert any(c._every_n_train_steps > 0 and c.save_last for c in checkpoints)  # mid-epoch too
+
+
+def test_last_checkpoint_is_the_newest_state_when_the_best_is_older(
+    tmp_path, records_file, monkeypatch
+):
+    """With the CPU preset, last.ckpt holds the final step even when the best checkpoint is from
+    the first epoch (a monitored ModelCheckpoint's save_last would leave it there)."""
+    monkeypatch.chdir(tmp_path)
+    short = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2"]
+    short += ["--data.batch_size", str(LOCAL_BATCH), "--data.split_fractions", "[0.6, 0.2, 0.2]"]
+    cli = instantiate(tmp_path, records_file, *configs(*BASE_CONFIGS), *short)
+    best = next(c for c in cli.trainer.callbacks if getattr(c, "monitor", None))
+    best.monitor, best.mode = "epoch", "min"  # only epoch 0 is ever the best
+    steps = next(c for c in cli.trainer.callbacks if getattr(c, "_every_n_train_steps", 0))
+    steps._every_n_train_steps = 4  # as a long run's: a mid-run save, none at the end
+    cli.trainer.fit(cli.model, cli.datamodule)
+    folder = tmp_path / "runs" / "pretrain" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == [
+        "best-epoch=00-step=2.ckpt",
+        "last.ckpt",
+    ]
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["global_step"] == cli.trainer.global_step == 6
+
+
+def test_resume_from_an_epoch_end_last_checkpoint_equals_the_straight_run(
+    tmp_path, records_file, monkeypatch
+):
+    """``make pretrain RESUME=1`` after a 2-epoch run stopped at its epoch boundary (here by
+    :class:`StopAfterSteps`, as by a wall-clock limit) ends with the weights of the run done
+    straight: same step, schedule, data order and RNG."""
+    args = [*configs(*BASE_CONFIGS), "--trainer.max_epochs", "2"]
+    args += ["--trainer.limit_train_batches", "2", "--data.batch_size", str(LOCAL_BATCH)]
+    args += ["--data.split_fractions", "[0.6, 0.2, 0.2]"]
+
+    def fit(folder: Path, stop_at: int | None = None, ckpt_path: str | None = None) -> dict:
+        folder.mkdir(exist_ok=True)
+        monkeypatch.chdir(folder)
+        cli = instantiate(tmp_path, records_file, *args)
+        if stop_at is not None:
+            cli.trainer.callbacks.append(StopAfterSteps(stop_at))
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+        return torch.load(folder / "runs/pretrain/checkpoints/last.ckpt", weights_only=True)
+
+    straight = fit(tmp_path / "straight")
+    assert fit(tmp_path / "resumed", stop_at=2)["global_step"] == 2  # the end of epoch 0
+    resumed = fit(tmp_path / "resumed", ckpt_path="last")
+    assert resumed["global_step"] == straight["global_step"] == 4
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
 
 
 def test_ddp_preset_is_gloo_on_cpu(tmp_path, records_file):
