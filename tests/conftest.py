@@ -19,6 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_RECORDS = REPO / "data" / "amcsd_default.jsonl.gz"
 PEROV_TABLE = SHARED_DATA / "perov_5" / "val.csv"
+COD_SAMPLE = SHARED_DATA / "cod_sample"
+
+
+def shared_path(path: Path) -> Path:
+    """``path`` in the shared data beside the checkout; the test is skipped where it is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
 
 TINY_GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
 TINY_MODEL = {
@@ -51,8 +60,7 @@ def records_file(tmp_path_factory, real_records) -> Path:
 @pytest.fixture(scope="session")
 def perov_records(tmp_path_factory) -> Path:
     """The first 300 perov_5 structures as records (``meta["heat_ref"]`` in eV/atom)."""
-    if not PEROV_TABLE.is_file():
-        pytest.skip(f"{PEROV_TABLE} not available")
+    shared_path(PEROV_TABLE)
     folder = tmp_path_factory.mktemp("perov")
     csv.field_size_limit(sys.maxsize)
     with open(PEROV_TABLE, newline="") as handle:

@@ -20,9 +20,8 @@ from clasp_pl.data.cif import (
     read_cif,
 )
 from clasp_pl.data.records import read_records
+from conftest import COD_SAMPLE, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-COD_SAMPLE = REPO.parent / "shared" / "data" / "cod_sample"
 DEFAULT_DATA = REPO / "data" / "amcsd_default.jsonl.gz"
 COD_FILES = sorted(COD_SAMPLE.glob("*.cif"))
 

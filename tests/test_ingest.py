@@ -20,10 +20,7 @@ from clasp_pl.data.ingest import (
     rejects_path_for,
 )
 from clasp_pl.data.records import read_records
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COD_SAMPLE = SHARED / "cod_sample"
-PEROV_VAL = SHARED / "perov_5" / "val.csv"
+from conftest import COD_SAMPLE, PEROV_TABLE
 
 pytestmark = pytest.mark.skipif(not COD_SAMPLE.is_dir(), reason="shared sample data missing")
 
@@ -87,10 +84,10 @@ def test_workers_keep_order(cod_mirror: Path, tmp_path: Path) -> None:
     assert one == two
 
 
-@pytest.mark.skipif(not PEROV_VAL.exists(), reason="perov_5 sample missing")
+@pytest.mark.skipif(not PEROV_TABLE.exists(), reason="perov_5 sample missing")
 def test_perov_table(tmp_path: Path) -> None:
     table = tmp_path / "perov.csv"
-    with open(PEROV_VAL, newline="") as source, open(table, "w", newline="") as target:
+    with open(PEROV_TABLE, newline="") as source, open(table, "w", newline="") as target:
         rows = list(islice(csv.DictReader(source), 40))
         rows[3]["cif"] = rows[3]["cif"][:200]  # truncated CIF
         writer = csv.DictWriter(target, fieldnames=list(rows[0]))

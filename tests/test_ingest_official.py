@@ -12,8 +12,8 @@ import pytest
 from clasp_pl.data.commands import main as data_main
 from clasp_pl.data.ingest import cod_mirror_path, ingest_folder, load_abstracts, load_cod_table
 from clasp_pl.data.records import read_records
+from conftest import COD_SAMPLE, shared_path
 
-COD_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/cod_sample"
 IDS = sorted(path.stem for path in COD_SAMPLE.glob("*.cif"))
 
 
@@ -28,6 +28,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 @pytest.fixture()
 def official(tmp_path: Path) -> dict[str, Path]:
     """A COD mirror of the ten sample CIFs, a COD table and an abstracts CSV in tmp_path."""
+    shared_path(COD_SAMPLE)
     mirror = tmp_path / "cod" / "cif"
     for cod_id in IDS:
         target = cod_mirror_path(mirror, cod_id)

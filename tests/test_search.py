@@ -38,16 +38,16 @@ from clasp_pl.search.hybrid import (
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
 from clasp_pl.text_models import TextConfig, load_tokenizer
-from conftest import SHARED_DATA, TINY_GRAPH, quiet_trainer
+from conftest import COD_SAMPLE as COD
+from conftest import TINY_GRAPH, quiet_trainer, shared_path
 
-COD = SHARED_DATA / "cod_sample"
 TRAIN_STEPS = 60
 
 
 @pytest.fixture(scope="module")
 def cod_records(tmp_path_factory):
     path = tmp_path_factory.mktemp("cod") / "cod.jsonl.gz"
-    ingest_folder(COD, path, options=IngestOptions(require_text=False), progress=False)
+    ingest_folder(shared_path(COD), path, options=IngestOptions(require_text=False), progress=False)
     return read_records(path)
 
 
@@ -257,7 +257,7 @@ def test_alpha_is_stored_per_checkpoint_file_and_version(tmp_path):
 def test_embed_loads_the_model_before_the_ingest(tmp_path, monkeypatch, capsys):
     """A bad --ckpt fails at once, not after ingesting every input."""
     out = tmp_path / "index"
-    argv = ["--input", str(COD), "--out", str(out), "--no-progress", "--device", "cpu"]
+    argv = ["--input", str(shared_path(COD)), "--out", str(out), "--no-progress", "--device", "cpu"]
     assert embed_main(["--ckpt", str(tmp_path / "missing.ckpt"), *argv]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
 
