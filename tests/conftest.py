@@ -75,6 +75,16 @@ def perov_records(tmp_path_factory) -> Path:
     return folder / "perov300.jsonl.gz"
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread for the test: bit-reproducible CPU kernels (two threads may sum in
+    another order), and ~3x faster for tiny models on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def quiet_trainer(max_epochs: int | None = None, max_steps: int = -1) -> L.Trainer:
     """CPU trainer without logging, checkpoints or per-epoch validation (saves test time)."""
     return L.Trainer(

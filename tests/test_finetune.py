@@ -23,13 +23,7 @@ TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
 FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a busy shared CPU: one intra-op thread is ~3x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: ~3x faster
 
 
 def validation_metrics(model: L.LightningModule, dm: L.LightningDataModule) -> dict[str, float]:

@@ -86,11 +86,14 @@ def test_last_checkpoint_is_the_newest_state_when_the_best_is_older(
 
 
 def test_resume_from_an_epoch_end_last_checkpoint_equals_the_straight_run(
-    tmp_path, records_file, monkeypatch
+    tmp_path, records_file, monkeypatch, one_torch_thread
 ):
     """``make pretrain RESUME=1`` after a 2-epoch run stopped at its epoch boundary (here by
     :class:`StopAfterSteps`, as by a wall-clock limit) ends with the weights of the run done
-    straight: same step, schedule, data order and RNG."""
+    straight: same step, schedule, data order and RNG (the tiny text tower trains with dropout).
+    In one process CPU kernels may round differently from run to run (test_resume.py compares
+    subprocesses bit for bit), hence 1e-6; a resume off by a step, a schedule or a dropout mask
+    is off by orders of magnitude more."""
     args = [*configs(*BASE_CONFIGS), "--trainer.max_epochs", "2"]
     args += ["--trainer.limit_train_batches", "2", "--data.batch_size", str(LOCAL_BATCH)]
     args += ["--data.split_fractions", "[0.6, 0.2, 0.2]"]
@@ -109,7 +112,7 @@ def test_resume_from_an_epoch_end_last_checkpoint_equals_the_straight_run(
     resumed = fit(tmp_path / "resumed", ckpt_path="last")
     assert resumed["global_step"] == straight["global_step"] == 4
     for name, tensor in straight["state_dict"].items():
-        assert torch.equal(tensor, resumed["state_dict"][name]), name
+        torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=0, atol=1e-6)
 
 
 def test_ddp_preset_is_gloo_on_cpu(tmp_path, records_file):
