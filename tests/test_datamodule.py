@@ -131,6 +131,36 @@ def test_composition_store_keeps_one_row_per_record(tmp_path: Path) -> None:
     assert np.isnan(store[1]["features"]).all() and store[2]["features"][0, 18] == 1.0  # K
 
 
+def test_structures_without_composition_features_are_left_out_of_pairs(
+    few_records: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A record whose descriptor failed keeps a NaN row in its store; its structure (whose graph
+    is fine) must not reach a batch of the composition-only baseline."""
+    failing = first_records(12)[3].id
+
+    def fails_for_one(symprec: float, index: int, record: CrystalRecord) -> dict:
+        if record.id == failing:
+            raise ValueError("descriptor failed")
+        return {"features": composition_features(record.to_structure(), symprec)[None]}
+
+    monkeypatch.setattr(featurize, "_composition_item", fails_for_one)
+    dm = CrystalTextDataModule(
+        records=str(few_records),
+        cache_dir=str(tmp_path / "cache"),
+        text=TextConfig(model="tiny-random"),
+        composition_features=True,
+        graph=TINY_GRAPH,
+        split_fractions=(1.0, 0.0, 0.0),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert "1 structures have no composition features" in capsys.readouterr().out
+    train = dm.datasets["train"]
+    served = [train[i] for i in range(len(train))]
+    assert len(served) == 11
+    assert all(np.isfinite(sample["composition_features"]).all() for sample in served)
+
+
 # ------------------------------------------------------------------------------- rejects
 def test_rejects_are_printed_with_their_reason(capsys) -> None:
     reject = {"id": "x", "source": "f.cif", "reason": "featurization_failed", "message": "boom"}

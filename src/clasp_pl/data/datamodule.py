@@ -302,12 +302,18 @@ class CrystalTextDataModule(SplitDataModule):
         self.pad_token_id = tokenizer.pad_token_id or 0
         record_index = graphs.field("record_index")
         no_text_length = empty_caption_length(tokenizer, self.max_length)  # special tokens only
-        has_text = tokens.lengths("input_ids")[record_index] > no_text_length
-        if not has_text.all():
-            print(f"{(~has_text).sum()} structures have no caption text and are left out of pairs")
+        usable = tokens.lengths("input_ids")[record_index] > no_text_length
+        if not usable.all():
+            print(f"{(~usable).sum()} structures have no caption text and are left out of pairs")
+        if "composition_features" in per_record:  # failed descriptors are stored as NaN rows
+            store = per_record["composition_features"]
+            finite = np.isfinite(store.field("features")).all(axis=1)[record_index]
+            if not finite.all():
+                print(f"{(~finite).sum()} structures have no composition features; left out")
+            usable &= finite
         parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
         self.datasets = {
-            name: CrystalTextDataset(graphs, tokens, ids[has_text[ids]], per_record)
+            name: CrystalTextDataset(graphs, tokens, ids[usable[ids]], per_record)
             for name, ids in parts.items()
         }
 
