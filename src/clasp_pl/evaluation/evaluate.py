@@ -46,7 +46,6 @@ from clasp_pl.evaluation.metrics import (
     summarise_ranks,
 )
 from clasp_pl.evaluation.screening import (
-    ScreeningResult,
     keyword_labels,
     keyword_scores,
     keyword_screening,
@@ -242,22 +241,6 @@ def prompt_embeddings(
     }
 
 
-def screening(
-    model: CLaSPModule,
-    split: SplitEmbeddings,
-    config: Mapping[str, Any],
-    labels: Mapping[str, torch.Tensor],
-    max_length: int,
-) -> tuple[ScreeningResult, ScreeningResult, dict[str, torch.Tensor]]:
-    """Keyword screening of all structures and of a balanced subset, and the ``[N]`` score per
-    keyword (max cosine over the keyword's prompts)."""
-    scores = keyword_scores(split.crystal, prompt_embeddings(model, config, max_length))
-    min_positives = int(config.get("min_positives", 5))
-    result = keyword_screening(scores, labels, min_positives=min_positives)
-    balanced = keyword_screening(scores, labels, min_positives=min_positives, downsample=True)
-    return result, balanced, scores
-
-
 def load_keyword_config(path: Path | None) -> dict[str, Any] | None:
     """The keyword-screening config: ``path`` (which must exist), else :data:`DEFAULT_KEYWORDS`
     when present; None (no screening, with a note) when the default is absent."""
@@ -370,8 +353,13 @@ def write_screening(
     max_length: int,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Write ``screening.md`` and ``zero_shot_roc.png``; returns the report's screening part."""
-    result, balanced, scores = screening(model, embeddings, config, labels, max_length)
+    """Keyword screening of all structures and of a balanced subset, scored by the max cosine
+    over each keyword's prompts: writes ``screening.md`` and ``zero_shot_roc.png`` and returns
+    the report's screening part."""
+    scores = keyword_scores(embeddings.crystal, prompt_embeddings(model, config, max_length))
+    min_positives = int(config.get("min_positives", 5))
+    result = keyword_screening(scores, labels, min_positives=min_positives)
+    balanced = keyword_screening(scores, labels, min_positives=min_positives, downsample=True)
     (out_dir / "screening.md").write_text(plots.screening_table(result, balanced))
     evaluated = {name: scores[name] for name in result.per_keyword}
     plots.roc_curves(evaluated, labels, out_dir / "zero_shot_roc.png")
