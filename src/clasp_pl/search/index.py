@@ -15,7 +15,6 @@ query's dtype as they are scored) or held whole on a GPU.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -28,6 +27,7 @@ from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch import Tensor
 
+from clasp_pl.data.cache import file_fingerprint
 from clasp_pl.data.records import CrystalRecord
 from clasp_pl.models.clasp import CLaSPModule
 
@@ -64,11 +64,7 @@ def record_meta(record: CrystalRecord, structure: Structure) -> dict[str, str]:
 def checkpoint_sha256(ckpt: str | Path) -> str:
     """The first 16 hex digits of the checkpoint file's sha256 (its identity: a checkpoint
     overwritten in place, like ``last.ckpt``, gets another one)."""
-    digest = hashlib.sha256()
-    with open(ckpt, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_fingerprint(ckpt)[:16]
 
 
 def describe_model(ckpt: str | Path, model: CLaSPModule) -> dict[str, Any]:
