@@ -29,6 +29,7 @@ from clasp_pl.config_utils import as_config
 from clasp_pl.data.datamodule import collate_graphs
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord
+from clasp_pl.data.text import encode_captions, pad_token_ids
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
 from clasp_pl.text_models import load_tokenizer
 
@@ -81,13 +82,13 @@ def embed_texts(
         return out
     tokenizer = _tokenizer(model.text_tower.text_model_name)
     max_length = max_length or getattr(model, "text_max_length", DEFAULT_MAX_LENGTH)
-    token_ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    token_ids = encode_captions(tokenizer, texts, max_length)  # as the caption caches do
     order = sorted(range(len(token_ids)), key=lambda row: len(token_ids[row]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        padded = tokenizer.pad({"input_ids": [token_ids[r] for r in rows]}, return_tensors="pt")
+        ids, mask = pad_token_ids([token_ids[r] for r in rows], tokenizer.pad_token_id or 0)
         out[rows] = model.encode_texts(
-            padded["input_ids"].to(model.device), padded["attention_mask"].to(model.device)
+            torch.from_numpy(ids).to(model.device), torch.from_numpy(mask).to(model.device)
         )
     return out
 
