@@ -16,13 +16,14 @@ from clasp_pl.text_models import TextConfig
 from conftest import TINY_GRAPH, quiet_trainer
 
 
-def tiny_module(text: TextConfig, **heads) -> CLaSPModule:
+def tiny_module(text: TextConfig, init_from: str | None = None, **heads) -> CLaSPModule:
     return CLaSPModule(
         text=text,
         crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
         graph=TINY_GRAPH,
         heads=HeadsConfig(embed_dim=16, **heads),
         optim=OptimConfig(warmup_steps=2),
+        init_from=init_from,
     )
 
 
@@ -180,14 +181,7 @@ def test_a_stage2_checkpoint_reloads_without_the_stage1_file(records_file, tmp_p
     text = TextConfig(model="tiny-random", freeze=True)
     stage1 = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": tiny_module(text).state_dict()}, stage1)
-    stage2 = CLaSPModule(
-        text=text,
-        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
-        graph=TINY_GRAPH,
-        heads=HeadsConfig(embed_dim=16),
-        optim=OptimConfig(warmup_steps=2),
-        init_from=str(stage1),
-    )
+    stage2 = tiny_module(text, init_from=str(stage1))
     assert "init_from" not in stage2.hparams
     trainer = quiet_trainer(max_steps=2)
     trainer.fit(stage2, data_module(records_file, tmp_path, text))  # cached features: allowed
@@ -232,13 +226,7 @@ def test_cached_text_features_are_refused_for_a_trained_text_tower(records_file,
         next(stage1.text_tower.parameters()).add_(0.1)
     torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
     text = TextConfig(model="tiny-random", freeze=True)
-    stage2 = CLaSPModule(
-        text=text,
-        crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
-        graph=TINY_GRAPH,
-        heads=HeadsConfig(embed_dim=16),
-        init_from=str(tmp_path / "stage1.ckpt"),
-    )
+    stage2 = tiny_module(text, init_from=str(tmp_path / "stage1.ckpt"))
     assert stage2.text_tower_from_checkpoint
     with pytest.raises(ValueError, match="cache_text_features false"):
         quiet_trainer(max_steps=1).fit(stage2, data_module(records_file, tmp_path, text))
@@ -291,13 +279,7 @@ def test_init_from_a_mismatched_checkpoint_names_the_tensors(tmp_path):
     other = tiny_module(TextConfig(model="tiny-random"), crystal_hidden=[8])
     torch.save({"state_dict": other.state_dict()}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="crystal_head.mlp") as error:
-        CLaSPModule(
-            text=TextConfig(model="tiny-random"),
-            crystal=CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32),
-            graph=TINY_GRAPH,
-            heads=HeadsConfig(embed_dim=16),
-            init_from=str(tmp_path / "other.ckpt"),
-        )
+        tiny_module(TextConfig(model="tiny-random"), init_from=str(tmp_path / "other.ckpt"))
     assert "not in this model" in str(error.value) or "shape of" in str(error.value)
 
 
