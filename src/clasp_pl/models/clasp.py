@@ -247,8 +247,9 @@ class CLaSPModule(L.LightningModule):
             raise ValueError(
                 f"{source} was trained with the frozen text model {record['model']!r} of weights "
                 f"fingerprint {record['fingerprint']}, which it does not store; the text model "
-                f"{self.text_tower.text_model_name!r} here has fingerprint {found}. Load it with "
-                "the same model files (--model.text.model PATH)."
+                f"{self.text_tower.text_model_name!r} here has fingerprint {found}. Make that "
+                "name resolve to the files it was trained with (the same folder, or the same "
+                "revision in the Hugging Face cache)."
             )
         own = self.text_tower.state_dict(prefix=TEXT_TOWER_PREFIX, keep_vars=False)
         checkpoint["state_dict"].update(own)
