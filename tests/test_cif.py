@@ -13,13 +13,13 @@ from pymatgen.io.cif import CifWriter
 from clasp_pl.data.cif import (
     CifError,
     ParsedCif,
-    Reject,
     clean_text,
     element_symbol,
     parse_cif,
     read_cif,
 )
 from clasp_pl.data.records import read_records
+from clasp_pl.data.rejects import Reject
 from conftest import COD_SAMPLE, REPO
 
 DEFAULT_DATA = REPO / "data" / "amcsd_default.jsonl.gz"

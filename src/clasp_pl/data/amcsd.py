@@ -28,10 +28,11 @@ import numpy as np
 from pymatgen.core import Element
 
 from clasp_pl.data.cache import file_fingerprint
-from clasp_pl.data.cif import CifError, Reject, parse_cif
+from clasp_pl.data.cif import CifError, parse_cif
 from clasp_pl.data.ingest import write_outputs
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group
+from clasp_pl.data.rejects import Reject
 
 FARRAY_SCALE = 4.0e6
 LARIXITE_HINT = "pip install larixite==2026.1.0, or pass --db PATH to amcsd_cif1.db"

@@ -47,6 +47,8 @@ import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from clasp_pl.data.rejects import Reject
+
 Reader = Literal["gemmi", "pymatgen"]
 OccupancyPolicy = Literal["majority", "skip"]
 
@@ -58,23 +60,6 @@ RAW_ATOM_FACTOR = 100  # more than factor * max_atoms expanded atoms: reject bef
 
 _ISOTOPES = {"D": "H", "T": "H"}
 _WS = re.compile(r"\s+")
-
-
-@dataclass
-class Reject:
-    """Why one input did not become a record.
-
-    Attributes:
-        source: file (and row) the input came from.
-        id: record id the input would have had.
-        reason: short machine-readable code (see the module docstring).
-        message: human-readable explanation naming the file.
-    """
-
-    source: str
-    id: str
-    reason: str
-    message: str
 
 
 class CifError(Exception):

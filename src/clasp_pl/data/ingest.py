@@ -38,7 +38,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,12 @@ from clasp_pl.data.cif import (
     OccupancyPolicy,
     ParsedCif,
     Reader,
-    Reject,
     parse_cif,
     read_cif_text,
 )
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group, write_records
+from clasp_pl.data.rejects import Reject
 
 TEXT_COLUMNS = ("title", "abstract", "keywords", "doi")
 _NOT_META = {"", "id", "material_id", "cif", "path", "year", *TEXT_COLUMNS}
@@ -334,7 +334,7 @@ def write_outputs(
             for result in results:
                 if isinstance(result, Reject):
                     reasons[result.reason] += 1
-                    reject_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+                    reject_file.write(result.to_json() + "\n")
                 else:
                     yield result
 

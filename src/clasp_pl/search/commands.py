@@ -39,7 +39,6 @@ from clasp_pl.api import (
     graph_config,
     load_model,
 )
-from clasp_pl.data.cif import Reject
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.ingest import (
     IngestOptions,
@@ -50,6 +49,7 @@ from clasp_pl.data.ingest import (
     parallel_map,
 )
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
+from clasp_pl.data.rejects import Reject
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.hybrid import Hits, explain_hit, hybrid_search, lexical_index, load_alpha
 from clasp_pl.search.index import EmbeddingIndex, describe_model, record_meta, write_index
