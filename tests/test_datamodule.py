@@ -24,7 +24,7 @@ from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.data.records import CrystalRecord, write_records
 from clasp_pl.data.text import pad_token_ids
 from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, first_records
+from helpers.data import TINY_GRAPH, first_records
 
 
 @pytest.fixture(scope="module")

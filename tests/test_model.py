@@ -13,7 +13,8 @@ from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimConfig
 from clasp_pl.models.text import TextTower
 from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, quiet_trainer
+from helpers.data import TINY_GRAPH
+from helpers.lightning import quiet_trainer
 
 
 def tiny_module(text: TextConfig, init_from: str | None = None, **heads) -> CLaSPModule:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.text_models import TextConfig
 from clasp_pl.training import AtomicCheckpointIO, EpochShuffleSampler, ResumableDataLoader
-from conftest import TINY_GRAPH
+from helpers.data import TINY_GRAPH
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
