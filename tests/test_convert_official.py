@@ -18,7 +18,7 @@ from clasp_pl.data.datamodule import CrystalTextDataModule, collate_pairs
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
 from clasp_pl.evaluation.evaluate import checkpoint_data_hparams
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.text_models import load_text_model, load_tokenizer
+from clasp_pl.text.sources import load_text_model, load_tokenizer
 from helpers.data import TINY_GRAPH, first_records
 
 ATOMS, GAUSSIANS, EMBED, N_CONV, N_MLP = 16, 26, 16, 2, 2  # 26 Gaussians = TINY_GRAPH's 5 Å

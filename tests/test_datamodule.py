@@ -22,8 +22,8 @@ from clasp_pl.data.featurize import (
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.data.records import CrystalRecord, write_records
-from clasp_pl.data.text import pad_token_ids
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.tokens import pad_token_ids
 from helpers.data import TINY_GRAPH, first_records
 
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clasp_pl.data.datamodule import CrystalTextDataModule
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
 from clasp_pl.training import AtomicCheckpointIO, EpochShuffleSampler, ResumableDataLoader
 from helpers.data import TINY_GRAPH
 

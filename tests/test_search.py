@@ -37,7 +37,8 @@ from clasp_pl.search.hybrid import (
 )
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
-from clasp_pl.text_models import TextConfig, load_tokenizer
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.sources import load_tokenizer
 from helpers.data import COD_SAMPLE as COD
 from helpers.data import TINY_GRAPH, shared_path
 from helpers.lightning import quiet_trainer

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
 
 
 class CLaSPCLI(LightningCLI):

@@ -22,9 +22,11 @@ from clasp_pl.data.featurize import (
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
-from clasp_pl.data.text import CAPTION_FIELDS, empty_caption_length, pad_token_ids
-from clasp_pl.models.text import TextTower
-from clasp_pl.text_models import TextConfig, load_tokenizer
+from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.sources import load_tokenizer
+from clasp_pl.text.tokens import empty_caption_length, pad_token_ids
+from clasp_pl.text.tower import TextTower
 from clasp_pl.training import ResumableDataLoader
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from clasp_pl.data.cache import ArrayStore, ShardFn, build_store, file_fingerprint
 from clasp_pl.data.composition import (
@@ -35,13 +34,11 @@ from clasp_pl.data.composition import (
 )
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash64
-from clasp_pl.data.text import (
-    CAPTION_FORMAT_VERSION,
-    compose_caption,
-    encode_captions,
-    pad_token_ids,
-)
-from clasp_pl.text_models import load_tokenizer, resolve
+from clasp_pl.data.text import CAPTION_FORMAT_VERSION, compose_caption
+from clasp_pl.text.features import FrozenTextFeatures
+from clasp_pl.text.sources import load_tokenizer, resolve
+from clasp_pl.text.tokens import encode_captions
+from clasp_pl.text.tower import TextTower
 
 GRAPH_FORMAT_VERSION = 1
 
@@ -223,33 +220,24 @@ def build_token_store(
 
 
 class _TextFeatureShard(_TokenShard):
-    """Runs a frozen text tower (eval mode, no grad) over shards of captions."""
+    """Runs a frozen text tower over shards of captions: one ``[1, H]`` item per record."""
 
-    def __init__(self, tower, caption_fields: Sequence[str], max_length: int, batch_size: int):
-        super().__init__(tower.text_model_name, caption_fields, max_length)
-        self.tower = tower.eval()
-        self.batch_size = batch_size
+    def __init__(
+        self, features: FrozenTextFeatures, caption_fields: Sequence[str], max_length: int
+    ):
+        super().__init__(features.text_model_name, caption_fields, max_length)
+        self.features = features
 
-    @torch.no_grad()
     def __call__(self, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
         token_ids = [item["input_ids"] for item in super().__call__(indexed_lines)]
-        lengths = np.array([len(ids) for ids in token_ids])
-        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
-        features = np.zeros((len(token_ids), self.tower.out_dim), np.float32)
-        pad_token_id = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            ids, mask = pad_token_ids([token_ids[row] for row in rows], pad_token_id)
-            features[rows] = (
-                self.tower(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
-            )
-        return [{"features": row[None]} for row in features]
+        rows = self.features(token_ids, self.tokenizer.pad_token_id or 0)
+        return [{"features": row[None]} for row in rows]
 
 
 def build_text_feature_store(
     records_path: str | Path,
     root: str | Path,
-    tower,
+    tower: TextTower,
     caption_fields: Sequence[str],
     max_length: int,
     batch_size: int = 128,
@@ -259,11 +247,10 @@ def build_text_feature_store(
 ) -> ArrayStore:
     """Build or reuse the store of a frozen text tower's pooled outputs, one ``[1, H]`` item per
     record, keyed by the tower's weights fingerprint, pooling, caption fields and max_length."""
+    features = FrozenTextFeatures(tower, batch_size)
     key = {
         "what": "frozen-text-features",
-        "text_model": resolve(tower.text_model_name),
-        "weights": tower.weights_fingerprint(),
-        "pooling": tower.pooling,
+        **features.identity(),
         "caption_format": CAPTION_FORMAT_VERSION,
         "caption_fields": list(caption_fields),
         "max_length": max_length,
@@ -271,7 +258,7 @@ def build_text_feature_store(
     store, _ = build_record_store(
         records_path,
         root,
-        _TextFeatureShard(tower, caption_fields, max_length, batch_size),
+        _TextFeatureShard(features, caption_fields, max_length),
         key=key,
         desc="frozen text features",
         workers=1,

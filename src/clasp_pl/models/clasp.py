@@ -17,8 +17,8 @@ from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.composition import CompositionMLP
 from clasp_pl.models.heads import ProjectionHead
-from clasp_pl.models.text import TextTower
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.tower import TextTower
 
 
 @dataclass
@@ -68,8 +68,10 @@ TEXT_TOWER_PREFIX = "text_tower."
 OMITTED_TEXT_WEIGHTS = "text_tower_weights"  # checkpoint key: which frozen weights were left out
 
 # Checkpoints store these configs in their hyper-parameters; allow them under weights_only loads.
+# Checkpoints written before the text package existed name TextConfig by its old module.
 torch.serialization.add_safe_globals(
     [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig]
+    + [(TextConfig, "clasp_pl.text_models.TextConfig")]
 )
 
 
