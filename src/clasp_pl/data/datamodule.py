@@ -20,6 +20,7 @@ from clasp_pl.data.featurize import (
     build_token_store,
 )
 from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.loading import ResumableDataLoader
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
@@ -27,7 +28,6 @@ from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import empty_caption_length, pad_token_ids
 from clasp_pl.text.tower import TextTower
-from clasp_pl.training import ResumableDataLoader
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
 
