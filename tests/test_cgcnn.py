@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clasp_pl.data.datamodule import collate_graphs
+from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.models import scatter
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig, GatedConvolution

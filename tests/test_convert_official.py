@@ -14,7 +14,8 @@ from transformers import BertModel
 
 from clasp_pl.api import load_model
 from clasp_pl.convert_official import ConversionError, convert, main
-from clasp_pl.data.datamodule import CrystalTextDataModule, collate_pairs
+from clasp_pl.data.batch import collate_pairs
+from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
 from clasp_pl.evaluation.evaluate import checkpoint_data_hparams
 from clasp_pl.models.clasp import CLaSPModule

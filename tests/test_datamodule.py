@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from clasp_pl.data import featurize
+from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.composition import composition_features
 from clasp_pl.data.datamodule import CrystalTextDataModule, print_rejects, records_cache_root
 from clasp_pl.data.featurize import (
@@ -255,3 +257,37 @@ def test_pad_token_ids() -> None:
     ids, mask = pad_token_ids([np.array([5, 6, 7], np.int32), np.array([8], np.int32)], 0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and ids.dtype == np.int64
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_path: Path) -> None:
+    """Every key collate makes is one that :class:`PairBatch` documents, with its dtype and
+    shape; both cached features present make every optional key appear."""
+    dm = CrystalTextDataModule(
+        records=str(few_records),
+        cache_dir=str(tmp_path / "cache"),
+        text=TextConfig(model="tiny-random", freeze=True),
+        composition_features=True,
+        graph=TINY_GRAPH,
+        split_fractions=(1.0, 0.0, 0.0),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    batch = collate_pairs([train[i] for i in range(5)], dm.pad_token_id)
+    assert set(batch) == PairBatch.__required_keys__ | PairBatch.__optional_keys__
+    n_atoms, n_edges = len(batch["atomic_numbers"]), len(batch["edge_src"])
+    assert batch["num_crystals"] == 5
+    for name, shape, dtype in [
+        ("atomic_numbers", (n_atoms,), torch.int64),
+        ("edge_dst", (n_edges,), torch.int64),
+        ("edge_dist", (n_edges,), torch.float32),
+        ("crystal_index", (n_atoms,), torch.int64),
+        ("group_ids", (5,), torch.int64),
+        ("record_index", (5,), torch.int64),
+        ("item_id", (5,), torch.int64),
+        ("text_features", (5, 32), torch.float32),  # tiny-random's width
+        ("composition_features", (5, 333), torch.float32),
+    ]:
+        assert (tuple(batch[name].shape), batch[name].dtype) == (shape, dtype), name
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"].shape[0] == 5 and batch["input_ids"].dtype == torch.int64

@@ -19,7 +19,7 @@ from pymatgen.core import Composition, Element
 from torch.utils.data import DataLoader
 
 from clasp_pl.api import embed_structures, embed_texts, load_model, score
-from clasp_pl.data.datamodule import collate_pairs
+from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
 from clasp_pl.data.records import read_records

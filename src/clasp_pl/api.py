@@ -26,7 +26,7 @@ from pymatgen.core import Structure
 from torch import Tensor
 
 from clasp_pl.config_utils import as_config
-from clasp_pl.data.datamodule import collate_graphs
+from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.cache import ArrayStore, file_fingerprint
 from clasp_pl.data.featurize import (
     build_composition_store,
@@ -26,7 +26,7 @@ from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
-from clasp_pl.text.tokens import empty_caption_length, pad_token_ids
+from clasp_pl.text.tokens import empty_caption_length
 from clasp_pl.text.tower import TextTower
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
@@ -79,54 +79,6 @@ class CrystalTextDataset(Dataset):
             sample[name] = store[record_index]["features"]
         sample["item_id"] = np.array([item_id], np.int64)
         return sample
-
-
-def _concat(samples: Sequence[dict[str, np.ndarray]], name: str, dtype=np.int64) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
-
-
-def collate_graphs(samples: Sequence[dict[str, np.ndarray]]) -> dict:
-    """Stack crystal graphs into one batch (PyG-style: atoms concatenated, edges offset).
-
-    Each sample needs ``atomic_numbers``, ``edge_src``, ``edge_dst`` and ``edge_dist``. Returns
-    ``atomic_numbers [N]``, ``edge_src [E]``, ``edge_dst [E]`` (batch atom indices),
-    ``edge_dist [E]`` (Å), ``crystal_index [N]`` (crystal of each atom) and ``num_crystals`` (B).
-    """
-    atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
-    atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
-    edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
-    edge_offset = torch.from_numpy(np.repeat(atom_offsets, edges_per_crystal))
-    return {
-        "atomic_numbers": _concat(samples, "atomic_numbers"),
-        "edge_src": _concat(samples, "edge_src") + edge_offset,
-        "edge_dst": _concat(samples, "edge_dst") + edge_offset,
-        "edge_dist": _concat(samples, "edge_dist", np.float32),
-        "crystal_index": torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
-        "num_crystals": len(samples),
-    }
-
-
-def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 0) -> dict:
-    """Stack (graph, caption) samples into one batch: :func:`collate_graphs`'s keys plus
-    ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
-    ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
-    position, unique per sample: used to drop DistributedSampler's padding duplicates), and,
-    when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower outputs)
-    and ``composition_features [B, 333]`` (composition-only baseline).
-    """
-    input_ids, attention_mask = pad_token_ids([s["input_ids"] for s in samples], pad_token_id)
-    batch = {
-        **collate_graphs(samples),
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "group_ids": _concat(samples, "group_id"),
-        "record_index": _concat(samples, "record_index"),
-        "item_id": _concat(samples, "item_id"),
-    }
-    for name in ("text_features", "composition_features"):
-        if name in samples[0]:
-            batch[name] = _concat(samples, name, np.float32)
-    return batch
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -329,5 +281,5 @@ class CrystalTextDataModule(SplitDataModule):
             return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
 
-    def _collate(self, samples: Sequence[dict]) -> dict:
+    def _collate(self, samples: Sequence[dict]) -> PairBatch:
         return collate_pairs(samples, self.pad_token_id)

@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import PropertyBatch, collate_graphs
 from clasp_pl.data.cache import ArrayStore
 from clasp_pl.data.datamodule import (
     DEFAULT_RECORDS,
     SplitDataModule,
-    collate_graphs,
     print_rejects,
     records_cache_root,
 )
@@ -103,7 +103,7 @@ def build_target_store(
 
 
 class PropertyDataset(Dataset):
-    """Crystal graphs (graph-store items ``item_ids``) as samples for :func:`collate_graphs`."""
+    """Crystal graphs (graph-store items ``item_ids``) as samples for :meth:`PropertyDataModule.collate`."""
 
     def __init__(self, graphs: ArrayStore, item_ids: np.ndarray):
         self.graphs = graphs
@@ -223,15 +223,16 @@ class PropertyDataModule(SplitDataModule):
         train = self.split_targets("train")
         return float(train.mean()), float(max(train.std(), 1e-8))
 
-    def collate(self, samples: Sequence[dict]) -> dict:
-        """:func:`collate_graphs`' batch plus ``record_index [B]`` and ``targets [B]`` (float32
-        values in the target's units, or int64 class indices)."""
-        batch = collate_graphs(samples)
+    def collate(self, samples: Sequence[dict]) -> PropertyBatch:
+        """A :class:`~clasp_pl.data.batch.PropertyBatch`: the graphs, their ``record_index``
+        and their ``targets`` (float32 in the target's units, or int64 class indices)."""
         record_index = np.concatenate([s["record_index"] for s in samples])
         dtype = np.int64 if self.task == "classification" else np.float32
-        batch["record_index"] = torch.from_numpy(record_index)
-        batch["targets"] = torch.from_numpy(self.targets[record_index].astype(dtype))
-        return batch
+        return PropertyBatch(
+            **collate_graphs(samples),
+            record_index=torch.from_numpy(record_index),
+            targets=torch.from_numpy(self.targets[record_index].astype(dtype)),
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(

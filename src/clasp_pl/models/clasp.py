@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import GraphBatch, PairBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
@@ -78,7 +79,7 @@ torch.serialization.add_safe_globals(
 class CLaSPModule(L.LightningModule):
     """Contrastive language-structure pretraining.
 
-    Batches are the dicts of :func:`clasp_pl.data.datamodule.collate_pairs`. Embeddings are
+    Batches are :class:`~clasp_pl.data.batch.PairBatch` dicts (:func:`~clasp_pl.data.batch.collate_pairs`). Embeddings are
     ``[B, embed_dim]`` and L2-normalised; their dot product is the cosine similarity.
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
@@ -162,15 +163,16 @@ class CLaSPModule(L.LightningModule):
         self.load_state_dict(source, strict=False)
 
     # ----------------------------------------------------------------- embeddings
-    def encode_crystals(self, batch: dict) -> torch.Tensor:
-        """Crystal embeddings ``[B, embed_dim]`` of a collated batch."""
+    def encode_crystals(self, batch: GraphBatch | PairBatch) -> torch.Tensor:
+        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only tower reads a
+        pair batch's ``composition_features``)."""
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]``."""
         return self.text_head(self.text_tower(input_ids, attention_mask))
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(crystal_emb, text_emb)``, each ``[B, embed_dim]``. A batch carrying cached frozen
         text-tower outputs (``text_features [B, H]``) skips the text tower."""
         if "text_features" in batch:
@@ -180,7 +182,7 @@ class CLaSPModule(L.LightningModule):
         return self.encode_crystals(batch), text_emb
 
     # ----------------------------------------------------------------- steps
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
         crystal_emb, text_emb = self(batch)
         loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
         size = batch["num_crystals"]
@@ -188,7 +190,7 @@ class CLaSPModule(L.LightningModule):
         self.log("train/logit_scale", self.loss_fn.logit_scale_value, batch_size=size)
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> dict:
+    def _eval_step(self, batch: PairBatch, stage: str) -> dict[str, torch.Tensor]:
         crystal_emb, text_emb = self(batch)
         loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
         self.log(
@@ -201,10 +203,10 @@ class CLaSPModule(L.LightningModule):
             "item_id": batch["item_id"],
         }
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+    def validation_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
+    def test_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "test")
 
     def setup(self, stage: str) -> None:

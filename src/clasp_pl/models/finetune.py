@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import GraphBatch, PropertyBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.clasp import HeadsConfig, WarmupCosine
@@ -65,8 +66,8 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 class PropertyModule(L.LightningModule):
     """CGCNN encoder + MLP head predicting one property per crystal.
 
-    Batches are those of :class:`~clasp_pl.data.property_datamodule.PropertyDataModule`
-    (graph fields plus ``targets [B]``); the forward pass returns ``[B]`` standardised values
+    Batches are :class:`~clasp_pl.data.batch.PropertyBatch` dicts (graph fields plus
+    ``targets [B]``); the forward pass returns ``[B]`` standardised values
     (regression) or ``[B, num_classes]`` logits (classification).
 
     Args:
@@ -199,12 +200,12 @@ class PropertyModule(L.LightningModule):
         return self
 
     # ----------------------------------------------------------------- forward
-    def encode(self, batch: dict) -> torch.Tensor:
-        """Encoder features ``[B, D]`` of a collated batch."""
+    def encode(self, batch: GraphBatch) -> torch.Tensor:
+        """Encoder features ``[B, D]`` of a batch of crystal graphs."""
         features = self.crystal_tower(batch)
         return features if self.crystal_head is None else self.crystal_head(features)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
         """Standardised predictions ``[B]`` (regression) or logits ``[B, num_classes]``."""
         out = self.head(self.encode(batch))
         return out.squeeze(-1) if self.task == "regression" else out
@@ -229,12 +230,12 @@ class PropertyModule(L.LightningModule):
             return F.mse_loss(output, (targets - self.target_mean) / self.target_std)
         return F.cross_entropy(output, targets)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PropertyBatch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch["targets"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_crystals"])
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: PropertyBatch, stage: str) -> None:
         output = self(batch)
         targets = batch["targets"]
         size = batch["num_crystals"]
@@ -246,13 +247,13 @@ class PropertyModule(L.LightningModule):
             name, value = "acc", (predicted == targets).float().mean()
         self.log(f"{stage}/{name}", value, prog_bar=True, sync_dist=True, batch_size=size)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: PropertyBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: PropertyBatch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: PropertyBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """``record_index [B]`` and ``prediction [B]`` (target units or class index)."""
         return {
             "record_index": batch["record_index"],

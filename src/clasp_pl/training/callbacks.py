@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 
+from clasp_pl.data.batch import PairBatch
 from clasp_pl.data.loading import ResumableDataLoader
 from clasp_pl.losses import gather_batch
 from clasp_pl.training.rng import rng_states, set_rng_states
@@ -125,7 +126,7 @@ class RunRecorder(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         outputs: Any,
-        batch: Any,
+        batch: PairBatch,
         batch_idx: int,
     ) -> None:
         record = {
