@@ -18,7 +18,7 @@ from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimCon
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.tower import TextTower
 from helpers.data import TINY_GRAPH
-from helpers.lightning import quiet_trainer
+from helpers.lightning import quiet_trainer, save_lightning_checkpoint
 
 
 def tiny_module(text: TextConfig, init_from: str | None = None, **heads) -> CLaSPModule:
@@ -324,3 +324,17 @@ def test_checkpoints_that_name_the_old_text_config_module_still_load(tmp_path, m
     assert b"clasp_pl.text_models" in pickled
     loaded = torch.load(tmp_path / "old.ckpt", map_location="cpu", weights_only=True)
     assert loaded["text"] == TextConfig(model="tiny-random", freeze=True)
+
+
+def test_the_caption_length_is_a_hyper_parameter(tmp_path):
+    """``text_max_length`` is saved with the model; a checkpoint from before it existed takes
+    its data module's recorded ``max_length``."""
+    module = tiny_module(TextConfig(model="tiny-random"))
+    assert module.hparams["text_max_length"] == 256
+    path = save_lightning_checkpoint(module, tmp_path / "new.ckpt")
+    assert CLaSPModule.load_from_checkpoint(path).hparams["text_max_length"] == 256
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["text_max_length"]
+    checkpoint["datamodule_hyper_parameters"] = {"max_length": 40}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    assert CLaSPModule.load_from_checkpoint(tmp_path / "old.ckpt").hparams["text_max_length"] == 40

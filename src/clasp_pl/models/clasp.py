@@ -87,6 +87,11 @@ class CLaSPModule(L.LightningModule):
     checkpoint never needs that file again. It is recorded as ``initialised_from`` in this run's
     checkpoints (and in the resolved config beside the logs).
 
+    ``text_max_length`` is the caption truncation (tokens) the model is trained with: the CLI
+    links it from the data module's ``max_length``, and embedding new texts
+    (:func:`clasp_pl.api.embed_texts`) reads it from the hyper-parameters. A checkpoint written
+    before it existed gets the data module's ``max_length`` that it recorded.
+
     A frozen text tower that still holds its pretrained model's weights is left out of the
     checkpoints (``text_tower_weights`` records the model name and the weights' fingerprint
     instead): 92 MB less per checkpoint with MiniLM, 440 MB with SciBERT. Loading puts the same
@@ -102,6 +107,7 @@ class CLaSPModule(L.LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         crystal_encoder: Literal["cgcnn", "composition"] = "cgcnn",
+        text_max_length: int = 256,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -234,7 +240,12 @@ class CLaSPModule(L.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back omitted text weights; take the caption length of an older checkpoint (which
+        has no ``text_max_length``) from its data module's hyper-parameters."""
         self.restore_omitted_text_weights(checkpoint, "the checkpoint")
+        data = checkpoint.get("datamodule_hyper_parameters") or {}
+        if "text_max_length" not in checkpoint.get("hyper_parameters", {}) and "max_length" in data:
+            self.hparams["text_max_length"] = int(data["max_length"])
 
     def restore_omitted_text_weights(self, checkpoint: dict, source: str | Path) -> None:
         """Put this model's text-tower weights into a checkpoint that left them out, after

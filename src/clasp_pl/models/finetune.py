@@ -33,7 +33,7 @@ from clasp_pl.data.batch import GraphBatch, PropertyBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.clasp import HeadsConfig, WarmupCosine
-from clasp_pl.models.heads import ProjectionHead
+from clasp_pl.models.heads import ProjectionHead, mlp
 
 # CGCNNConfig fields that change no parameter shape or value (free to differ from a checkpoint).
 _RUNTIME_FIELDS = frozenset({"use_torch_scatter"})
@@ -144,9 +144,8 @@ class PropertyModule(L.LightningModule):
             self.crystal_tower.load_state_dict(_prefixed(state, "crystal_tower."))
             if self.crystal_head is not None:
                 self.crystal_head.load_state_dict(_prefixed(state, "crystal_head."))
-        # ProjectionHead's MLP without its L2 normalisation: Linear(-ReLU-Dropout)* then Linear.
         outputs = num_classes if task == "classification" else 1
-        self.head = ProjectionHead(width, outputs, head_hidden or [], dropout=head_dropout).mlp
+        self.head = mlp(width, outputs, head_hidden or [], dropout=head_dropout)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             for module in self.encoder_modules:  # eval now: Lightning never calls .train()
