@@ -31,8 +31,8 @@ from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.training.callbacks import ResumeState, StopAfterSteps
 from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
+from helpers.data import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 BASE_CONFIGS = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
 SBATCH = REPO / "scripts" / "slurm_pretrain.sbatch"

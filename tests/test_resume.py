@@ -29,9 +29,8 @@ from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.loading import EpochShuffleSampler, ResumableDataLoader
 from clasp_pl.text.config import TextConfig
 from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
-from helpers.data import TINY_GRAPH
+from helpers.data import REPO, TINY_GRAPH
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 BASE_CONFIGS = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
 RUN_TIMEOUT_S = 180
