@@ -257,9 +257,9 @@ class CrystalTextDataModule(SplitDataModule):
         return RecordLines(lines, structures, source)
 
     def _build(self) -> tuple[ArrayStore, ArrayStore, dict[str, ArrayStore]]:
-        lines, structure_source, text_source = self.record_lines()
-        structures = RecordSource(lines, structure_source)
-        texts = RecordSource(lines, text_source)
+        records = self.record_lines()
+        structures = RecordSource(records.lines, records.structures)
+        texts = RecordSource(records.lines, records.text)
         root, workers = self.cache_root, self.prepare_workers
         graphs, _ = build_graph_store(structures, root / "graphs", self.graph, workers)
         captions = (self.caption_fields, self.max_length)

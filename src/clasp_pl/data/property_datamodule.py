@@ -102,7 +102,8 @@ def build_target_store(
 
 
 class PropertyDataset(Dataset):
-    """Crystal graphs (graph-store items ``item_ids``) as samples for :meth:`PropertyDataModule.collate`."""
+    """Crystal graphs (graph-store items ``item_ids``): the samples of
+    :meth:`PropertyDataModule.collate`."""
 
     def __init__(self, graphs: ArrayStore, item_ids: np.ndarray):
         self.graphs = graphs

@@ -79,8 +79,8 @@ torch.serialization.add_safe_globals(
 class CLaSPModule(L.LightningModule):
     """Contrastive language-structure pretraining.
 
-    Batches are :class:`~clasp_pl.data.batch.PairBatch` dicts (:func:`~clasp_pl.data.batch.collate_pairs`). Embeddings are
-    ``[B, embed_dim]`` and L2-normalised; their dot product is the cosine similarity.
+    Batches are :class:`~clasp_pl.data.batch.PairBatch` dicts. Embeddings are ``[B, embed_dim]``
+    and L2-normalised; their dot product is the cosine similarity.
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
