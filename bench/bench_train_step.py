@@ -32,7 +32,7 @@ import torch
 
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {

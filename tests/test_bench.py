@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import REPO
+from helpers.data import REPO
 
 
 def bench_module(name: str) -> ModuleType:

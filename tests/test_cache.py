@@ -10,18 +10,19 @@ import textwrap
 import numpy as np
 import pytest
 
-from clasp_pl.data.cache import ArrayStore, build_store
+from clasp_pl.data.cache import ArrayStore, ShardResult, build_store
+from clasp_pl.data.rejects import Reject
 
 
 def squares(inputs):
     """Per input n: a ragged item with n values and a fixed scalar; n < 0 is rejected."""
-    items = []
+    result = ShardResult([])
     for n in inputs:
         if n < 0:
-            items.append({"__reject__": {"id": str(n), "reason": "negative"}})
+            result.rejects.append(Reject("inputs", str(n), "negative", f"{n} < 0"))
         else:
-            items.append({"values": np.arange(n, dtype=np.float32) ** 2, "n": np.array([n])})
-    return items
+            result.items.append({"values": np.arange(n, dtype=np.float32) ** 2, "n": np.array([n])})
+    return result
 
 
 class CountingShards:
@@ -36,7 +37,7 @@ class CountingShards:
 def test_round_trip_and_rejects(tmp_path):
     inputs = [3, 0, 5, -1, 2, 7, 1]
     store, rejects = build_store(tmp_path / "s", inputs, squares, {"v": 1}, "src", shard_size=3)
-    assert [r["id"] for r in rejects] == ["-1"]
+    assert [r.id for r in rejects] == ["-1"]
     assert len(store) == 6
     kept = [n for n in inputs if n >= 0]
     for i, n in enumerate(kept):
@@ -97,8 +98,9 @@ def test_killed_build_resumes_where_it_stopped(tmp_path):
 
 CONCURRENT = textwrap.dedent(
     """
-    import os, sys, time
+    import logging, os, sys, time
     from clasp_pl.data.cache import build_store
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     sys.path.insert(0, {tests!r})
     from test_cache import squares
 
@@ -179,10 +181,10 @@ def test_empty_store_has_empty_lengths_and_fields(tmp_path):
 
 def test_reject_with_placeholder_fields_keeps_its_place(tmp_path):
     def placeholders(inputs):
-        return [
-            {"n": np.array([n]), "__reject__": {"id": str(n)}} if n < 0 else {"n": np.array([n])}
-            for n in inputs
-        ]
+        rejects = [Reject("inputs", str(n), "negative", f"{n} < 0") for n in inputs if n < 0]
+        return ShardResult([{"n": np.array([n])} for n in inputs], rejects)
 
     store, rejects = build_store(tmp_path / "s", [1, -2, 3], placeholders, {"v": 1}, "src")
-    assert store.field("n").tolist() == [1, -2, 3] and rejects == [{"id": "-2"}]
+    assert store.field("n").tolist() == [1, -2, 3] and [r.id for r in rejects] == ["-2"]
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert [Reject.from_dict(r) for r in manifest["rejects"]] == rejects

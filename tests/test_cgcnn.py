@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from clasp_pl.data.datamodule import collate_graphs
+from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.models import scatter
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig, GatedConvolution
-from conftest import TINY_GRAPH, first_records
+from helpers.data import TINY_GRAPH, first_records
 
 
 def encode(model, structures):

@@ -20,7 +20,7 @@ from clasp_pl.data.cif import (
 )
 from clasp_pl.data.records import read_records
 from clasp_pl.data.rejects import Reject
-from conftest import COD_SAMPLE, REPO
+from helpers.data import COD_SAMPLE, REPO
 
 DEFAULT_DATA = REPO / "data" / "amcsd_default.jsonl.gz"
 COD_FILES = sorted(COD_SAMPLE.glob("*.cif"))

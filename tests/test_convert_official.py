@@ -14,12 +14,13 @@ from transformers import BertModel
 
 from clasp_pl.api import load_model
 from clasp_pl.convert_official import ConversionError, convert, main
-from clasp_pl.data.datamodule import CrystalTextDataModule, collate_pairs
+from clasp_pl.data.batch import collate_pairs
+from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
 from clasp_pl.evaluation.evaluate import checkpoint_data_hparams
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.text_models import load_text_model, load_tokenizer
-from conftest import TINY_GRAPH, first_records
+from clasp_pl.text.sources import load_text_model, load_tokenizer
+from helpers.data import TINY_GRAPH, first_records
 
 ATOMS, GAUSSIANS, EMBED, N_CONV, N_MLP = 16, 26, 16, 2, 2  # 26 Gaussians = TINY_GRAPH's 5 Å
 

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from clasp_pl.data import featurize
+from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.composition import composition_features
-from clasp_pl.data.datamodule import CrystalTextDataModule, print_rejects, records_cache_root
+from clasp_pl.data.datamodule import CrystalTextDataModule, records_cache_root
 from clasp_pl.data.featurize import (
     build_composition_store,
     build_graph_store,
     build_token_store,
     composition_shard,
+    log_rejects,
 )
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.data.records import CrystalRecord, write_records
-from clasp_pl.data.text import pad_token_ids
-from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, first_records
+from clasp_pl.data.rejects import Reject
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.tokens import pad_token_ids
+from helpers.data import TINY_GRAPH, first_records
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +116,12 @@ def test_element_beyond_z100_has_no_composition_descriptor() -> None:
 
 def test_failing_record_is_a_composition_reject_that_keeps_its_place() -> None:
     lines = [_record("ok", ["Na", "Cl"]).to_json(), _record("rf", ["Rf", "O"]).to_json()]
-    items = composition_shard(0.1, list(enumerate(lines)))
-    assert len(items) == 2 and "__reject__" not in items[0]
+    result = composition_shard(0.1, list(enumerate(lines)))
+    items = result.items
+    assert len(items) == 2 and len(result.rejects) == 1
     assert items[0]["features"].shape == (1, 333) and np.isfinite(items[0]["features"]).all()
-    reject = items[1]["__reject__"]
-    assert (reject["id"], reject["source"], reject["reason"]) == (
+    reject = result.rejects[0]
+    assert (reject.id, reject.source, reject.reason) == (
         "rf",
         "src-rf",
         "featurization_failed",
@@ -127,12 +133,12 @@ def test_composition_store_keeps_one_row_per_record(tmp_path: Path) -> None:
     path = tmp_path / "z.jsonl.gz"
     write_records([_record("a", ["Na", "Cl"]), _record("rf", ["Rf"]), _record("b", ["K"])], path)
     store, rejects = build_composition_store(path, tmp_path / "composition")
-    assert len(store) == 3 and [r["id"] for r in rejects] == ["rf"]
+    assert len(store) == 3 and [r.id for r in rejects] == ["rf"]
     assert np.isnan(store[1]["features"]).all() and store[2]["features"][0, 18] == 1.0  # K
 
 
 def test_structures_without_composition_features_are_left_out_of_pairs(
-    few_records: Path, tmp_path: Path, monkeypatch, capsys
+    few_records: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     """A record whose descriptor failed keeps a NaN row in its store; its structure (whose graph
     is fine) must not reach a batch of the composition-only baseline."""
@@ -152,9 +158,10 @@ def test_structures_without_composition_features_are_left_out_of_pairs(
         graph=TINY_GRAPH,
         split_fractions=(1.0, 0.0, 0.0),
     )
+    caplog.set_level(logging.INFO)
     dm.prepare_data()
     dm.setup("fit")
-    assert "1 structures have no composition features" in capsys.readouterr().out
+    assert "1 structures have no composition features" in caplog.text
     train = dm.datasets["train"]
     served = [train[i] for i in range(len(train))]
     assert len(served) == 11
@@ -162,12 +169,22 @@ def test_structures_without_composition_features_are_left_out_of_pairs(
 
 
 # ------------------------------------------------------------------------------- rejects
-def test_rejects_are_printed_with_their_reason(capsys) -> None:
-    reject = {"id": "x", "source": "f.cif", "reason": "featurization_failed", "message": "boom"}
-    print_rejects([reject], "crystal graphs")
-    assert capsys.readouterr().out == (
-        "crystal graphs: skipped x (f.cif): featurization_failed: boom\n"
-    )
+def test_rejects_are_logged_with_their_reason(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    reject = Reject(id="x", source="f.cif", reason="featurization_failed", message="boom")
+    log_rejects([reject], "crystal graphs")
+    assert caplog.messages == ["crystal graphs: skipped x (f.cif): featurization_failed: boom"]
+
+
+def test_a_failing_record_is_logged_by_the_build(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "z.jsonl.gz"
+    write_records([_record("a", ["Na", "Cl"]), _record("rf", ["Rf"])], path)
+    build_graph_store(path, tmp_path / "graphs", TINY_GRAPH)
+    assert [m for m in caplog.messages if "skipped" in m] == [
+        "crystal graphs: skipped rf (src-rf): featurization_failed: "
+        "element with Z=104 has no CGCNN atom features (Z <= 100)"
+    ]
 
 
 def test_property_data_module_accepts_a_graph_dict(few_records: Path, tmp_path: Path) -> None:
@@ -177,21 +194,22 @@ def test_property_data_module_accepts_a_graph_dict(few_records: Path, tmp_path: 
 
 
 # ------------------------------------------------------------------------------ keywords
-def test_keywords_file_reports_its_matches(few_records: Path, tmp_path: Path, capsys) -> None:
+def test_keywords_file_reports_its_matches(few_records: Path, tmp_path: Path, caplog) -> None:
     ids = [record.id for record in first_records(2)]
     keywords = tmp_path / "kw.json"
     keywords.write_text(json.dumps({ids[0]: ["garnet"], ids[1]: ["spinel"], "other": ["x"]}))
     dm = CrystalTextDataModule(records=str(few_records), keywords=str(keywords))
+    caplog.set_level(logging.INFO)
     lines, _, _ = dm.record_lines()
     assert json.loads(lines[0])["keywords"] == ["garnet"]
-    assert "matched 2 of 12 records" in capsys.readouterr().out
+    assert "matched 2 of 12 records" in caplog.text
 
 
 def test_setup_after_prepare_data_reads_the_records_once(
-    few_records: Path, tmp_path: Path, capsys
+    few_records: Path, tmp_path: Path, caplog
 ) -> None:
     """``setup`` takes over the stores that ``prepare_data`` built in this process (the keyword
-    summary, printed by each reading of the records, appears once); a later ``setup`` reads
+    summary, logged by each reading of the records, appears once); a later ``setup`` reads
     them again."""
     ids = [record.id for record in first_records(2)]
     keywords = tmp_path / "kw.json"
@@ -204,12 +222,14 @@ def test_setup_after_prepare_data_reads_the_records_once(
         graph=TINY_GRAPH,
         split_fractions=(0.5, 0.25, 0.25),
     )
+    caplog.set_level(logging.INFO)
     dm.prepare_data()
     dm.setup("fit")
-    assert capsys.readouterr().out.count("matched 1 of 12 records") == 1
+    assert caplog.text.count("matched 1 of 12 records") == 1
+    caplog.clear()
     dm.datasets = {}
     dm.setup("fit")
-    assert capsys.readouterr().out.count("matched 1 of 12 records") == 1
+    assert caplog.text.count("matched 1 of 12 records") == 1
 
 
 def test_keywords_file_matching_nothing_warns(few_records: Path, tmp_path: Path) -> None:
@@ -255,3 +275,37 @@ def test_pad_token_ids() -> None:
     ids, mask = pad_token_ids([np.array([5, 6, 7], np.int32), np.array([8], np.int32)], 0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and ids.dtype == np.int64
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_path: Path) -> None:
+    """Every key collate makes is one that :class:`PairBatch` documents, with its dtype and
+    shape; both cached features present make every optional key appear."""
+    dm = CrystalTextDataModule(
+        records=str(few_records),
+        cache_dir=str(tmp_path / "cache"),
+        text=TextConfig(model="tiny-random", freeze=True),
+        composition_features=True,
+        graph=TINY_GRAPH,
+        split_fractions=(1.0, 0.0, 0.0),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    batch = collate_pairs([train[i] for i in range(5)], dm.pad_token_id)
+    assert set(batch) == PairBatch.__required_keys__ | PairBatch.__optional_keys__
+    n_atoms, n_edges = len(batch["atomic_numbers"]), len(batch["edge_src"])
+    assert batch["num_crystals"] == 5
+    for name, shape, dtype in [
+        ("atomic_numbers", (n_atoms,), torch.int64),
+        ("edge_dst", (n_edges,), torch.int64),
+        ("edge_dist", (n_edges,), torch.float32),
+        ("crystal_index", (n_atoms,), torch.int64),
+        ("group_ids", (5,), torch.int64),
+        ("record_index", (5,), torch.int64),
+        ("item_id", (5,), torch.int64),
+        ("text_features", (5, 32), torch.float32),  # tiny-random's width
+        ("composition_features", (5, 333), torch.float32),
+    ]:
+        assert (tuple(batch[name].shape), batch[name].dtype) == (shape, dtype), name
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"].shape[0] == 5 and batch["input_ids"].dtype == torch.int64

@@ -23,7 +23,8 @@ from clasp_pl.evaluation.evaluate import (
 )
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.hybrid import DEFAULT_ALPHA, load_alpha
-from conftest import REPO, save_lightning_checkpoint
+from helpers.data import REPO
+from helpers.lightning import save_lightning_checkpoint
 
 KEYWORDS_YAML = REPO / "conf/eval/amcsd_keywords.yaml"
 LEXICAL = "lexical (formulas/elements in text)"

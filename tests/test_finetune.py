@@ -16,8 +16,9 @@ from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
-from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, quiet_trainer, save_lightning_checkpoint
+from clasp_pl.text.config import TextConfig
+from helpers.data import TINY_GRAPH
+from helpers.lightning import quiet_trainer, save_lightning_checkpoint
 
 TINY_CRYSTAL = CGCNNConfig(atom_fea_len=16, n_conv=2, h_fea_len=32)
 FROZEN_TINY_TEXT = TextConfig(model="tiny-random", freeze=True)

@@ -14,7 +14,7 @@ from clasp_pl.data.graphs import (
     nearest_neighbor_edges,
     structure_to_graph,
 )
-from conftest import first_records
+from helpers.data import first_records
 
 
 def brute_force_neighbours(structure: Structure, radius: float, k: int, tol: float = 1e-4):

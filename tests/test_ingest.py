@@ -20,7 +20,7 @@ from clasp_pl.data.ingest import (
     rejects_path_for,
 )
 from clasp_pl.data.records import read_records
-from conftest import COD_SAMPLE, PEROV_TABLE
+from helpers.data import COD_SAMPLE, PEROV_TABLE
 
 pytestmark = pytest.mark.skipif(not COD_SAMPLE.is_dir(), reason="shared sample data missing")
 

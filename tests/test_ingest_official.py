@@ -12,7 +12,7 @@ import pytest
 from clasp_pl.data.commands import main as data_main
 from clasp_pl.data.ingest import cod_mirror_path, ingest_folder, load_abstracts, load_cod_table
 from clasp_pl.data.records import read_records
-from conftest import COD_SAMPLE, shared_path
+from helpers.data import COD_SAMPLE, shared_path
 
 IDS = sorted(path.stem for path in COD_SAMPLE.glob("*.cif"))
 

@@ -17,7 +17,7 @@ from clasp_pl.data.keywords import (
     normalise_keyword,
 )
 from clasp_pl.data.records import write_records
-from conftest import first_records
+from helpers.data import first_records
 
 TITLE = (
     "Single-crystal X-ray diffraction study and crystal structure refinement of synthetic "

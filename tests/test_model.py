@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+import zipfile
+
 import lightning as L
 import numpy as np
 import pytest
@@ -11,9 +15,10 @@ from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimConfig
-from clasp_pl.models.text import TextTower
-from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, quiet_trainer
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.tower import TextTower
+from helpers.data import TINY_GRAPH
+from helpers.lightning import quiet_trainer, save_lightning_checkpoint
 
 
 def tiny_module(text: TextConfig, init_from: str | None = None, **heads) -> CLaSPModule:
@@ -303,3 +308,33 @@ def test_composition_only_tower_trains_on_descriptors(records_file, tmp_path):
     module.loss_fn(crystal, text, batch["group_ids"]).backward()
     assert crystal.shape == (16, 16)
     assert module.crystal_tower.mlp[0].weight.grad is not None
+
+
+def test_checkpoints_that_name_the_old_text_config_module_still_load(tmp_path, monkeypatch):
+    """Checkpoints written before the text package existed pickle ``TextConfig`` as
+    ``clasp_pl.text_models.TextConfig``; ``weights_only`` loads still resolve it."""
+    legacy = types.ModuleType("clasp_pl.text_models")
+    legacy.TextConfig = TextConfig
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "clasp_pl.text_models", legacy)
+        patch.setattr(TextConfig, "__module__", "clasp_pl.text_models")
+        torch.save({"text": TextConfig(model="tiny-random", freeze=True)}, tmp_path / "old.ckpt")
+    with zipfile.ZipFile(tmp_path / "old.ckpt") as archive:
+        pickled = b"".join(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+    assert b"clasp_pl.text_models" in pickled
+    loaded = torch.load(tmp_path / "old.ckpt", map_location="cpu", weights_only=True)
+    assert loaded["text"] == TextConfig(model="tiny-random", freeze=True)
+
+
+def test_the_caption_length_is_a_hyper_parameter(tmp_path):
+    """``text_max_length`` is saved with the model; a checkpoint from before it existed takes
+    its data module's recorded ``max_length``."""
+    module = tiny_module(TextConfig(model="tiny-random"))
+    assert module.hparams["text_max_length"] == 256
+    path = save_lightning_checkpoint(module, tmp_path / "new.ckpt")
+    assert CLaSPModule.load_from_checkpoint(path).hparams["text_max_length"] == 256
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["text_max_length"]
+    checkpoint["datamodule_hyper_parameters"] = {"max_length": 40}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    assert CLaSPModule.load_from_checkpoint(tmp_path / "old.ckpt").hparams["text_max_length"] == 40

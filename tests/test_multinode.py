@@ -4,7 +4,7 @@ The two-node test starts two ``torchrun`` agents on 127.0.0.1 (``--nnodes 2 --np
 node ranks 0 and 1), each running ``clasp fit --trainer.num_nodes 2 --trainer.devices 1
 --trainer.strategy ddp`` (gloo on CPU) on the tiny config. Each "node" has its own working folder,
 as separate machines would have their own disks: its own featurized cache, per-rank step records
-(:class:`clasp_pl.training.RunRecorder`) and checkpoint folder.
+(:class:`clasp_pl.training.callbacks.RunRecorder`) and checkpoint folder.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from clasp_pl.cli import CLaSPCLI
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.training import AtomicCheckpointIO, ResumeState, StopAfterSteps
+from clasp_pl.training.callbacks import ResumeState, StopAfterSteps
+from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
+from helpers.data import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 BASE_CONFIGS = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
 SBATCH = REPO / "scripts" / "slurm_pretrain.sbatch"
@@ -186,8 +187,11 @@ def node_overlay(node: Path, records_file: Path) -> Path:
                         "every_n_train_steps": 2,
                     },
                 },
-                {"class_path": "clasp_pl.training.ResumeState"},
-                {"class_path": "clasp_pl.training.RunRecorder", "init_args": {"folder": "records"}},
+                {"class_path": "clasp_pl.training.callbacks.ResumeState"},
+                {
+                    "class_path": "clasp_pl.training.callbacks.RunRecorder",
+                    "init_args": {"folder": "records"},
+                },
             ],
         },
     }

@@ -29,8 +29,9 @@ from clasp_pl.evaluation.probe import (
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.finetune import PropertyModule
-from clasp_pl.text_models import TextConfig
-from conftest import TINY_GRAPH, first_records, quiet_trainer, save_lightning_checkpoint
+from clasp_pl.text.config import TextConfig
+from helpers.data import TINY_GRAPH, first_records
+from helpers.lightning import quiet_trainer, save_lightning_checkpoint
 
 
 # ----------------------------------------------------------------- mineral classes

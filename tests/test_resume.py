@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from clasp_pl.data.datamodule import CrystalTextDataModule
-from clasp_pl.text_models import TextConfig
-from clasp_pl.training import AtomicCheckpointIO, EpochShuffleSampler, ResumableDataLoader
-from conftest import TINY_GRAPH
+from clasp_pl.data.loading import EpochShuffleSampler, ResumableDataLoader
+from clasp_pl.text.config import TextConfig
+from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
+from helpers.data import REPO, TINY_GRAPH
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 BASE_CONFIGS = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
 RUN_TIMEOUT_S = 180
@@ -120,7 +120,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 KILLED_WRITER = """
 import io, os, signal, sys, torch
-from clasp_pl.training import AtomicCheckpointIO
+from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
 real_save = torch.save
 def half_then_die(obj, handle, *args, **kwargs):
     buffer = io.BytesIO(); real_save(obj, buffer); data = buffer.getvalue()
@@ -194,9 +194,9 @@ def phase_config(root: Path, records_file: Path, run: str, phase: str, *callback
                         "every_n_train_steps": EVERY,
                     },
                 },
-                {"class_path": "clasp_pl.training.ResumeState"},
+                {"class_path": "clasp_pl.training.callbacks.ResumeState"},
                 {
-                    "class_path": "clasp_pl.training.RunRecorder",
+                    "class_path": "clasp_pl.training.callbacks.RunRecorder",
                     "init_args": {"folder": str(root / run / phase)},
                 },
                 *callbacks,
@@ -276,7 +276,10 @@ def assert_same_final_state(first: Path, second: Path) -> None:
 def test_clean_stop_then_resume_from_last_is_exact(workspace, records_file, straight):
     total = straight[-1]["step"]
     assert straight[STOP - 1]["epoch"] == 1 and total > STOP + 2  # stop inside the 2nd epoch
-    stop = {"class_path": "clasp_pl.training.StopAfterSteps", "init_args": {"steps": STOP}}
+    stop = {
+        "class_path": "clasp_pl.training.callbacks.StopAfterSteps",
+        "init_args": {"steps": STOP},
+    }
     run_fit(workspace, fit_command(phase_config(workspace, records_file, "clean", "first", stop)))
     last = workspace / "clean" / "checkpoints" / "last.ckpt"
     assert [r["step"] for r in read_records(workspace / "clean" / "first")][-1] == STOP

@@ -19,7 +19,7 @@ from pymatgen.core import Composition, Element
 from torch.utils.data import DataLoader
 
 from clasp_pl.api import embed_structures, embed_texts, load_model, score
-from clasp_pl.data.datamodule import collate_pairs
+from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
 from clasp_pl.data.records import read_records
@@ -37,9 +37,11 @@ from clasp_pl.search.hybrid import (
 )
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
-from clasp_pl.text_models import TextConfig, load_tokenizer
-from conftest import COD_SAMPLE as COD
-from conftest import TINY_GRAPH, quiet_trainer, shared_path
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.sources import load_tokenizer
+from helpers.data import COD_SAMPLE as COD
+from helpers.data import TINY_GRAPH, shared_path
+from helpers.lightning import quiet_trainer
 
 TRAIN_STEPS = 60
 

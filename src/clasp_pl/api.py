@@ -26,12 +26,12 @@ from pymatgen.core import Structure
 from torch import Tensor
 
 from clasp_pl.config_utils import as_config
-from clasp_pl.data.datamodule import collate_graphs
+from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord
-from clasp_pl.data.text import encode_captions, pad_token_ids
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
-from clasp_pl.text_models import load_tokenizer
+from clasp_pl.text.sources import load_tokenizer
+from clasp_pl.text.tokens import encode_captions, pad_token_ids
 
 DEFAULT_MAX_LENGTH = 256
 """Caption truncation (tokens) for models whose checkpoint does not record the data module's."""

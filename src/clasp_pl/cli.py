@@ -13,28 +13,52 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
+
+
+def show_info_messages() -> None:
+    """Show the package's INFO messages (rejects, skipped structures, keyword matches...) on
+    stderr, as plain lines. Logging that is configured already (a root handler) is left as it
+    is: the messages then go wherever it sends them."""
+    package = logging.getLogger("clasp_pl")
+    package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+
+
+def is_model_checkpoint(class_path: str) -> bool:
+    """Whether a callback's (resolved, dotted) class path names ``ModelCheckpoint`` or a
+    subclass of it."""
+    module, _, name = class_path.rpartition(".")
+    callback_class = getattr(importlib.import_module(module), name, None) if module else None
+    return isinstance(callback_class, type) and issubclass(callback_class, ModelCheckpoint)
 
 
 class CLaSPCLI(LightningCLI):
-    """LightningCLI whose model and data agree on the text model and the crystal-graph settings."""
+    """LightningCLI whose model and data agree on the text model, the caption length and the
+    crystal-graph settings."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in TextConfig.__dataclass_fields__:
             parser.link_arguments(f"model.text.{name}", f"data.text.{name}")
         for name in GraphConfig.__dataclass_fields__:
             parser.link_arguments(f"data.graph.{name}", f"model.graph.{name}")
+        parser.link_arguments("data.max_length", "model.text_max_length")
 
     def before_instantiate_classes(self) -> None:
         """Checkpoints without a ``dirpath`` go to ``<save_dir>/<run name>/checkpoints``: one
@@ -46,7 +70,7 @@ class CLaSPCLI(LightningCLI):
             return
         folder = Path(logger.init_args.save_dir) / logger.init_args.name / "checkpoints"
         for callback in config.trainer.get("callbacks") or []:
-            if callback.class_path.endswith("ModelCheckpoint") and not callback.init_args.dirpath:
+            if is_model_checkpoint(callback.class_path) and not callback.init_args.dirpath:
                 callback.init_args.dirpath = str(folder)
 
 
@@ -85,6 +109,7 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``clasp`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    show_info_messages()
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in SUBCOMMANDS:
         module, _, function = SUBCOMMANDS[words[0]].partition(":")

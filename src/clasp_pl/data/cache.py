@@ -33,16 +33,37 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from clasp_pl.data.parallel import parallel_map
+from clasp_pl.data.rejects import Reject
+from clasp_pl.rank_zero import rank_zero_logger
 
 MANIFEST = "manifest.json"
 Item = dict[str, np.ndarray]
-ShardFn = Callable[[Sequence], list[Item]]
+
+log = rank_zero_logger(__name__)
+
+
+@dataclass
+class ShardResult:
+    """What a shard function made of one slice of inputs.
+
+    Attributes:
+        items: the items to store, in input order. A rejected input has none, or, in a store that
+            keeps one item per input, a placeholder item in its place.
+        rejects: why the rejected inputs did not become (real) items.
+    """
+
+    items: list[Item]
+    rejects: list[Reject] = field(default_factory=list)
+
+
+ShardFn = Callable[[Sequence], ShardResult]
 
 
 def key_hash(key: dict) -> str:
@@ -132,14 +153,12 @@ class ArrayStore:
         return np.concatenate([np.asarray(shard[name][0]) for shard in self._shards])
 
 
-def _run_shard(args: tuple[ShardFn, Path, Sequence]) -> tuple[str, int, list[dict]]:
+def _run_shard(args: tuple[ShardFn, Path, Sequence]) -> tuple[str, int, list[Reject]]:
     """Compute and write one shard; returns its name, item count and rejects."""
     shard_fn, folder, inputs = args
-    items = shard_fn(inputs)
-    rejects = [item.pop("__reject__") for item in items if "__reject__" in item]
-    produced = [item for item in items if item]  # a bare reject left nothing to store
-    write_shard(folder, produced)
-    return folder.name, len(produced), rejects
+    result = shard_fn(inputs)
+    write_shard(folder, result.items)
+    return folder.name, len(result.items), result.rejects
 
 
 def build_store(
@@ -151,16 +170,14 @@ def build_store(
     shard_size: int = 2048,
     workers: int = 1,
     desc: str = "caching",
-) -> tuple[ArrayStore, list[dict]]:
+) -> tuple[ArrayStore, list[Reject]]:
     """Build (or resume, or reuse) a store of ``shard_fn`` applied to ``inputs`` in shards.
 
     Args:
         root: store folder.
         inputs: the items to process, in order (e.g. record lines).
-        shard_fn: maps a slice of inputs to a list of items; an item that failed is returned as
-            ``{"__reject__": {...reason...}}`` and is left out of the store, or, for a store that
-            keeps one item per input, with placeholder fields next to ``__reject__``: those are
-            stored, the reject is reported. Must be picklable (a module-level function or
+        shard_fn: maps a slice of inputs to a :class:`ShardResult` (the items to store and the
+            rejected inputs). Must be picklable (a module-level function or
             ``functools.partial``) when ``workers > 1``.
         key: JSON-serialisable description of the computation (config, model, versions).
         source: fingerprint of the inputs (e.g. the records file's sha256).
@@ -169,7 +186,7 @@ def build_store(
 
     Returns:
         The opened store and the rejects collected in this call (resumed shards' rejects were
-        reported by the call that built them and are kept in the manifest).
+        reported by the call that built them and are kept in the manifest, as JSON objects).
     """
     root = Path(root)
     wanted = {"key": key, "key_hash": key_hash(key), "source": source}
@@ -199,7 +216,7 @@ def _exclusive_build(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process building {root}", flush=True)
+            log.info("waiting for another process building %s", root)
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -215,7 +232,7 @@ def _build(
     shard_size: int,
     workers: int,
     desc: str,
-) -> tuple[ArrayStore, list[dict]]:
+) -> tuple[ArrayStore, list[Reject]]:
     """Resume or start the build of ``root`` (the caller holds its lock)."""
     manifest_path = root / MANIFEST
     manifest = _read_manifest(root)
@@ -238,11 +255,11 @@ def _build(
         for i in range(n_shards)
         if f"shard-{i:05d}" not in done
     ]
-    new_rejects: list[dict] = []
+    new_rejects: list[Reject] = []
     with tqdm(total=n_shards, initial=n_shards - len(todo), desc=desc, unit="shard") as bar:
         for name, count, rejects in parallel_map(_run_shard, todo, workers=workers, progress=False):
             manifest["shards"].append({"name": name, "count": count})
-            manifest["rejects"].extend(rejects)
+            manifest["rejects"].extend(asdict(reject) for reject in rejects)
             new_rejects.extend(rejects)
             if count and not manifest["fields"]:
                 manifest["fields"] = _fields_of(root / name)

@@ -355,7 +355,7 @@ def _pymatgen_atoms(text: str, name: str, max_atoms: int) -> _Atoms:
             warnings.simplefilter("ignore")
             parser = CifParser.from_str(text, occupancy_tolerance=100.0)
             structure = parser.parse_structures(primitive=False, on_error="raise")[0]
-    except Exception as err:  # pymatgen raises many exception types for bad CIFs
+    except Exception as err:  # noqa: BLE001 - pymatgen raises many exception types for bad CIFs
         raise CifError("unparseable", f"{name}: pymatgen: {_first_line(err)}") from None
     if len(structure) == 0:
         raise CifError("no_sites", f"{name}: no atom sites")

@@ -19,21 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 from pymatgen.core import Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-N_ELEMENTS = 100
+from clasp_pl.data.graphs import CGCNN_MAX_Z
+from clasp_pl.data.symmetry import space_group
+
 N_SPACE_GROUPS = 230
-COMPOSITION_DIM = N_ELEMENTS + N_SPACE_GROUPS + 3
+# Element slots Z = 1..100: the elements a crystal graph can hold too, so that the baseline and
+# the graph tower see the same structures.
+COMPOSITION_DIM = CGCNN_MAX_Z + N_SPACE_GROUPS + 3
 # Part of the composition cache's key: bump it whenever the layout or scaling above changes.
 COMPOSITION_FORMAT_VERSION = 1
-
-
-def space_group_number(structure: Structure, symprec: float = 0.1) -> int:
-    """International space-group number (1..230), or 0 when spglib fails."""
-    try:
-        return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
-    except Exception:  # noqa: BLE001 - a failed symmetry search only loses that feature
-        return 0
 
 
 def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarray:
@@ -44,12 +39,12 @@ def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarr
     """
     features = np.zeros(COMPOSITION_DIM, np.float32)
     numbers = np.asarray(structure.atomic_numbers)
-    if numbers.max(initial=0) > N_ELEMENTS:
+    if numbers.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={numbers.max()} has no composition slot (Z <= 100)")
     np.add.at(features, numbers - 1, 1.0 / len(numbers))
-    group = space_group_number(structure, symprec)
-    if group:
-        features[N_ELEMENTS + group - 1] = 1.0
+    group = space_group(structure, symprec)
+    if group is not None:  # a failed symmetry search only loses this part
+        features[CGCNN_MAX_Z + group.number - 1] = 1.0
     features[-3] = np.log(len(structure))
     features[-2] = structure.volume / len(structure) / 20.0
     features[-1] = structure.density / 5.0

@@ -5,29 +5,36 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.cache import ArrayStore, file_fingerprint
 from clasp_pl.data.featurize import (
+    RecordSource,
     build_composition_store,
     build_graph_store,
     build_text_feature_store,
     build_token_store,
 )
 from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.data.loading import ResumableDataLoader
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
-from clasp_pl.data.text import CAPTION_FIELDS, empty_caption_length, pad_token_ids
-from clasp_pl.models.text import TextTower
-from clasp_pl.text_models import TextConfig, load_tokenizer
-from clasp_pl.training import ResumableDataLoader
+from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.rank_zero import rank_zero_logger
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.sources import load_tokenizer
+from clasp_pl.text.tokens import empty_caption_length
+from clasp_pl.text.tower import TextTower
 
 DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
+
+log = rank_zero_logger(__name__)
 
 
 def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
@@ -40,14 +47,18 @@ def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
     return Path(cache_dir) / f"{name}-{digest}"
 
 
-def print_rejects(rejects: Sequence[dict], store: str) -> None:
-    """One line per record a feature store rejected (``id``, ``source``, ``reason``,
-    ``message``, as :func:`~clasp_pl.data.featurize.featurize_records` writes them)."""
-    for reject in rejects:
-        print(
-            f"{store}: skipped {reject['id']} ({reject['source']}): "
-            f"{reject['reason']}: {reject['message']}"
-        )
+class RecordLines(NamedTuple):
+    """The records of a data module, read once for all its stores.
+
+    Attributes:
+        lines: the records as JSON lines (with the keywords file applied), in file order.
+        structures: fingerprint of the structures (the records file's sha256).
+        text: fingerprint of the captions (the records file's and the keywords file's).
+    """
+
+    lines: list[str]
+    structures: str
+    text: str
 
 
 class CrystalTextDataset(Dataset):
@@ -79,54 +90,6 @@ class CrystalTextDataset(Dataset):
         return sample
 
 
-def _concat(samples: Sequence[dict[str, np.ndarray]], name: str, dtype=np.int64) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
-
-
-def collate_graphs(samples: Sequence[dict[str, np.ndarray]]) -> dict:
-    """Stack crystal graphs into one batch (PyG-style: atoms concatenated, edges offset).
-
-    Each sample needs ``atomic_numbers``, ``edge_src``, ``edge_dst`` and ``edge_dist``. Returns
-    ``atomic_numbers [N]``, ``edge_src [E]``, ``edge_dst [E]`` (batch atom indices),
-    ``edge_dist [E]`` (Å), ``crystal_index [N]`` (crystal of each atom) and ``num_crystals`` (B).
-    """
-    atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
-    atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
-    edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
-    edge_offset = torch.from_numpy(np.repeat(atom_offsets, edges_per_crystal))
-    return {
-        "atomic_numbers": _concat(samples, "atomic_numbers"),
-        "edge_src": _concat(samples, "edge_src") + edge_offset,
-        "edge_dst": _concat(samples, "edge_dst") + edge_offset,
-        "edge_dist": _concat(samples, "edge_dist", np.float32),
-        "crystal_index": torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
-        "num_crystals": len(samples),
-    }
-
-
-def collate_pairs(samples: Sequence[dict[str, np.ndarray]], pad_token_id: int = 0) -> dict:
-    """Stack (graph, caption) samples into one batch: :func:`collate_graphs`'s keys plus
-    ``input_ids [B, L]``, ``attention_mask [B, L]`` (padded to the longest caption),
-    ``group_ids [B]`` (paper ids), ``record_index [B]`` and ``item_id [B]`` (graph-store
-    position, unique per sample: used to drop DistributedSampler's padding duplicates), and,
-    when the samples carry them, ``text_features [B, H]`` (cached frozen text-tower outputs)
-    and ``composition_features [B, 333]`` (composition-only baseline).
-    """
-    input_ids, attention_mask = pad_token_ids([s["input_ids"] for s in samples], pad_token_id)
-    batch = {
-        **collate_graphs(samples),
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "group_ids": _concat(samples, "group_id"),
-        "record_index": _concat(samples, "record_index"),
-        "item_id": _concat(samples, "item_id"),
-    }
-    for name in ("text_features", "composition_features"):
-        if name in samples[0]:
-            batch[name] = _concat(samples, name, np.float32)
-    return batch
-
-
 class SplitDataModule(L.LightningDataModule):
     """A data module built from cached stores, whose train/val/test loaders differ only by split.
 
@@ -134,9 +97,47 @@ class SplitDataModule(L.LightningDataModule):
     train)``. ``prepare_data`` builds the stores (local rank 0 of each node); ``setup`` opens
     them through :meth:`_stores`, which hands over what ``prepare_data`` built in this process
     instead of reading and fingerprinting the records a second time.
+
+    Args:
+        records: records file; its stores go to ``<cache_dir>/<name>-<hash>``
+            (:func:`records_cache_root`).
+        cache_dir: where the caches go.
+        graph: crystal-graph settings.
+        split_fractions: train/val/test fractions of groups (papers).
+        split_seed: seed of the split.
+        batch_size: training samples per process per step.
+        eval_batch_size: samples per batch in validation/test/predict.
+        num_workers: DataLoader workers.
+        prepare_workers: processes used to featurize the caches.
     """
 
     _prepared: tuple | None = None
+    records_hint = "make one with `clasp data ingest`"  # the end of the missing-file error
+
+    def __init__(
+        self,
+        records: str,
+        cache_dir: str,
+        graph: GraphConfig,
+        split_fractions: tuple[float, float, float],
+        split_seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        prepare_workers: int,
+    ):
+        super().__init__()
+        self.records = Path(records)
+        if not self.records.is_file():
+            raise FileNotFoundError(f"records file {self.records} not found: {self.records_hint}")
+        self.cache_root = records_cache_root(cache_dir, self.records)
+        self.graph = as_config(GraphConfig, graph)
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.prepare_workers = prepare_workers
 
     def _build(self) -> tuple:
         raise NotImplementedError
@@ -190,6 +191,11 @@ class CrystalTextDataModule(SplitDataModule):
         prepare_workers: processes used to featurize the cache.
     """
 
+    records_hint = (
+        "make one with `clasp data ingest` or run from the repository root to use the embedded "
+        "default"
+    )
+
     def __init__(
         self,
         records: str = DEFAULT_RECORDS,
@@ -210,28 +216,24 @@ class CrystalTextDataModule(SplitDataModule):
     ):
         if caption_fields is None:
             caption_fields = list(CAPTION_FIELDS)
-        super().__init__()
+        super().__init__(
+            records,
+            cache_dir,
+            graph,
+            split_fractions,
+            split_seed,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            prepare_workers,
+        )
         self.save_hyperparameters()  # stored in checkpoints: evaluation rebuilds the same split
-        self.records = Path(records)
-        if not self.records.is_file():
-            raise FileNotFoundError(
-                f"records file {self.records} not found: make one with `clasp data ingest` "
-                "or run from the repository root to use the embedded default"
-            )
-        self.cache_root = records_cache_root(cache_dir, self.records)
         self.text = as_config(TextConfig, text)
         self.cache_text_features = cache_text_features
         self.composition_features = composition_features
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
         self.max_length = max_length
-        self.graph = as_config(GraphConfig, graph)
-        self.split_fractions = tuple(split_fractions)
-        self.split_seed = split_seed
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.prepare_workers = prepare_workers
         self.datasets: dict[str, CrystalTextDataset] = {}
         self.pad_token_id = 0
 
@@ -239,11 +241,11 @@ class CrystalTextDataModule(SplitDataModule):
     def uses_text_features(self) -> bool:
         return self.text.freeze and self.cache_text_features
 
-    def record_lines(self) -> tuple[list[str], str, str]:
+    def record_lines(self) -> RecordLines:
         """The records (with the keywords file applied) as JSON lines, the fingerprint of the
         structures (records file) and that of the text (records file + keywords file).
 
-        With a keywords file, prints how many records it matched and warns when none."""
+        With a keywords file, logs how many records it matched and warns when none."""
         lines = list(iter_record_lines(self.records))
         structures = source = file_fingerprint(self.records)
         if self.keywords:
@@ -252,46 +254,25 @@ class CrystalTextDataModule(SplitDataModule):
             records = [CrystalRecord.from_json(line) for line in lines]
             lines = [record.to_json() for record in apply_keyword_file(records, self.keywords)]
             source += ":" + file_fingerprint(self.keywords)
-        return lines, structures, source
+        return RecordLines(lines, structures, source)
 
     def _build(self) -> tuple[ArrayStore, ArrayStore, dict[str, ArrayStore]]:
-        lines, structure_source, text_source = self.record_lines()
-        structure_args = {"lines": lines, "source": structure_source}
-        text_args = {"lines": lines, "source": text_source}
-        graphs, rejects = build_graph_store(
-            self.records,
-            self.cache_root / "graphs",
-            self.graph,
-            self.prepare_workers,
-            **structure_args,
-        )
-        print_rejects(rejects, "crystal graphs")
-        tokens = build_token_store(
-            self.records,
-            self.cache_root / "tokens",
-            self.text.model,
-            self.caption_fields,
-            self.max_length,
-            **text_args,
-        )
+        records = self.record_lines()
+        structures = RecordSource(records.lines, records.structures)
+        texts = RecordSource(records.lines, records.text)
+        root, workers = self.cache_root, self.prepare_workers
+        graphs, _ = build_graph_store(structures, root / "graphs", self.graph, workers)
+        captions = (self.caption_fields, self.max_length)
+        tokens = build_token_store(texts, root / "tokens", self.text.model, *captions)
         per_record = {}
         if self.uses_text_features:
             per_record["text_features"] = build_text_feature_store(
-                self.records,
-                self.cache_root / "text_features",
-                TextTower(self.text),
-                self.caption_fields,
-                self.max_length,
-                **text_args,
+                texts, root / "text_features", TextTower(self.text), *captions
             )
         if self.composition_features:
-            per_record["composition_features"], rejects = build_composition_store(
-                self.records,
-                self.cache_root / "composition",
-                workers=self.prepare_workers,
-                **structure_args,
+            per_record["composition_features"], _ = build_composition_store(
+                structures, root / "composition", workers=workers
             )
-            print_rejects(rejects, "composition features")
         return graphs, tokens, per_record
 
     def setup(self, stage: str | None = None) -> None:
@@ -304,12 +285,14 @@ class CrystalTextDataModule(SplitDataModule):
         no_text_length = empty_caption_length(tokenizer, self.max_length)  # special tokens only
         usable = tokens.lengths("input_ids")[record_index] > no_text_length
         if not usable.all():
-            print(f"{(~usable).sum()} structures have no caption text and are left out of pairs")
+            log.info(
+                "%d structures have no caption text and are left out of pairs", (~usable).sum()
+            )
         if "composition_features" in per_record:  # failed descriptors are stored as NaN rows
             store = per_record["composition_features"]
             finite = np.isfinite(store.field("features")).all(axis=1)[record_index]
             if not finite.all():
-                print(f"{(~finite).sum()} structures have no composition features; left out")
+                log.info("%d structures have no composition features; left out", (~finite).sum())
             usable &= finite
         parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
         self.datasets = {
@@ -327,5 +310,5 @@ class CrystalTextDataModule(SplitDataModule):
             return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
 
-    def _collate(self, samples: Sequence[dict]) -> dict:
+    def _collate(self, samples: Sequence[dict]) -> PairBatch:
         return collate_pairs(samples, self.pad_token_id)

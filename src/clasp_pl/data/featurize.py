@@ -1,9 +1,10 @@
 """Records -> cached tensors: crystal graphs and caption token ids, in resumable shards.
 
 Each store is keyed by exactly what it depends on, so changing the tokenizer does not recompute
-graphs and changing the cutoff does not re-tokenize. The ``build_*`` functions read the records
-file unless given its ``lines`` and a ``source`` fingerprint (the data module passes both, read
-once; its fingerprint also covers a keywords file applied to the records):
+graphs and changing the cutoff does not re-tokenize. The ``build_*`` functions take a records
+file, or a :class:`RecordSource` (its lines and fingerprint, read once: the data modules build
+several stores from one reading, and a keywords file applied to the records is part of the text
+stores' fingerprint):
 
 - ``graphs/``: one item per featurizable record: ``atomic_numbers``, ``edge_src``, ``edge_dst``,
   ``edge_dist`` (Å), ``record_index`` and ``group_id`` (paper id, int64);
@@ -14,20 +15,28 @@ once; its fingerprint also covers a keywords file applied to the records):
 - ``composition/`` (only for the composition-only baseline): one ``[1, 333]`` descriptor per
   record (see :mod:`clasp_pl.data.composition`); all NaN for a record whose descriptor fails.
 
-A record whose graph or descriptor cannot be computed is a ``featurization_failed`` reject (the
-``build_*`` functions that featurize structures return them), never the end of the build.
+A record whose graph or descriptor cannot be computed is a ``featurization_failed``
+:class:`~clasp_pl.data.rejects.Reject` (logged, and returned by the ``build_*`` functions that
+featurize structures), never the end of the build.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from clasp_pl.data.cache import ArrayStore, ShardFn, build_store, file_fingerprint
+from clasp_pl.data.cache import (
+    ArrayStore,
+    Item,
+    ShardFn,
+    ShardResult,
+    build_store,
+    file_fingerprint,
+)
 from clasp_pl.data.composition import (
     COMPOSITION_DIM,
     COMPOSITION_FORMAT_VERSION,
@@ -35,71 +44,104 @@ from clasp_pl.data.composition import (
 )
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash64
-from clasp_pl.data.text import (
-    CAPTION_FORMAT_VERSION,
-    compose_caption,
-    encode_captions,
-    pad_token_ids,
-)
-from clasp_pl.text_models import load_tokenizer, resolve
+from clasp_pl.data.rejects import Reject
+from clasp_pl.data.text import CAPTION_FORMAT_VERSION, compose_caption
+from clasp_pl.rank_zero import rank_zero_logger
+from clasp_pl.text.features import FrozenTextFeatures
+from clasp_pl.text.sources import load_tokenizer, resolve
+from clasp_pl.text.tokens import encode_captions
+from clasp_pl.text.tower import TextTower
 
 GRAPH_FORMAT_VERSION = 1
+IndexedLines = Sequence[tuple[int, str]]  # a shard's inputs: (record_index, record_json)
+
+log = rank_zero_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """The records a store is computed from.
+
+    Attributes:
+        lines: one JSON record per line, in records-file order (a line's position is its
+            ``record_index``).
+        fingerprint: the source fingerprint of stores built from these lines (the records
+            file's sha256, with the keywords file's appended when one was applied).
+    """
+
+    lines: list[str]
+    fingerprint: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> RecordSource:
+        """The lines of a records file and the sha256 of its bytes."""
+        return cls(list(iter_record_lines(path)), file_fingerprint(path))
+
+
+def log_rejects(rejects: Sequence[Reject], store: str) -> None:
+    """One message per record a store rejected: its id, source, reason and message."""
+    for reject in rejects:
+        log.info(
+            "%s: skipped %s (%s): %s: %s",
+            store,
+            reject.id,
+            reject.source,
+            reject.reason,
+            reject.message,
+        )
 
 
 def build_record_store(
-    records_path: str | Path,
+    records: str | Path | RecordSource,
     root: str | Path,
     shard_fn: ShardFn,
     key: dict,
     desc: str,
     workers: int = 1,
     shard_size: int = 2048,
-    lines: list[str] | None = None,
-    source: str | None = None,
-) -> tuple[ArrayStore, list[dict]]:
-    """:func:`build_store` over a records file: inputs are ``(record_index, record_json)``.
+) -> tuple[ArrayStore, list[Reject]]:
+    """:func:`build_store` over records: a shard's inputs are ``(record_index, record_json)``.
 
-    ``lines`` and ``source`` (the records' JSON lines and their fingerprint) default to reading
-    and hashing ``records_path``; a caller that already read them passes them in.
+    The rejects of this call are logged (named by ``desc``) and returned.
     """
-    lines = list(iter_record_lines(records_path)) if lines is None else lines
-    return build_store(
+    if not isinstance(records, RecordSource):
+        records = RecordSource.read(records)
+    store, rejects = build_store(
         root,
-        list(enumerate(lines)),
+        list(enumerate(records.lines)),
         shard_fn,
         key=key,
-        source=source or file_fingerprint(records_path),
+        source=records.fingerprint,
         shard_size=shard_size,
         workers=workers,
         desc=desc,
     )
+    log_rejects(rejects, desc)
+    return store, rejects
 
 
 def featurize_records(
-    indexed_lines: Sequence[tuple[int, str]],
-    featurize: Callable[[int, CrystalRecord], dict],
-    placeholder: dict | None = None,
-) -> list[dict]:
-    """``featurize(record_index, record)`` for each record of a shard of ``(record_index,
-    record_json)``. A record it fails on becomes a ``featurization_failed`` reject, left out of
-    the store, or stored as ``placeholder`` (for stores with one item per record)."""
-    items = []
+    indexed_lines: IndexedLines,
+    featurize: Callable[[int, CrystalRecord], Item],
+    placeholder: Item | None = None,
+) -> ShardResult:
+    """``featurize(record_index, record)`` for each record of a shard. A record it fails on
+    becomes a ``featurization_failed`` reject, left out of the store, or stored as
+    ``placeholder`` (for stores with one item per record)."""
+    result = ShardResult([])
     for index, line in indexed_lines:
         record = CrystalRecord.from_json(line)
         try:
-            items.append(featurize(index, record))
+            result.items.append(featurize(index, record))
         except Exception as error:  # noqa: BLE001 - any failure of one record is a reject
-            reject = {
-                "id": record.id,
-                "source": record.source,
-                "reason": "featurization_failed",
-                "message": str(error),
-            }
-            items.append({**(placeholder or {}), "__reject__": reject})
-    return items
+            reason = "featurization_failed"
+            result.rejects.append(Reject(record.source, record.id, reason, str(error)))
+            if placeholder is not None:
+                result.items.append(placeholder)
+    return result
 
 
-def _graph_item(config: GraphConfig, index: int, record: CrystalRecord) -> dict:
+def _graph_item(config: GraphConfig, index: int, record: CrystalRecord) -> Item:
     """Graph item of record ``index``: ``atomic_numbers [N]``, ``edge_src``, ``edge_dst``,
     ``edge_dist [E]`` (Å), ``record_index [1]`` and ``group_id [1]``."""
     graph = structure_to_graph(record.to_structure(), config)
@@ -113,20 +155,18 @@ def _graph_item(config: GraphConfig, index: int, record: CrystalRecord) -> dict:
     }
 
 
-def graph_shard(config: GraphConfig, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-    """Crystal graphs of one shard of ``(record_index, record_json)``; failures are rejects."""
+def graph_shard(config: GraphConfig, indexed_lines: IndexedLines) -> ShardResult:
+    """Crystal graphs of one shard of records; failures are rejects."""
     return featurize_records(indexed_lines, functools.partial(_graph_item, config))
 
 
 def build_graph_store(
-    records_path: str | Path,
+    records: str | Path | RecordSource,
     root: str | Path,
     config: GraphConfig,
     workers: int = 1,
     shard_size: int = 2048,
-    lines: list[str] | None = None,
-    source: str | None = None,
-) -> tuple[ArrayStore, list[dict]]:
+) -> tuple[ArrayStore, list[Reject]]:
     """Build or reuse the crystal-graph store of a records file.
 
     Keyed by the cutoff radius and neighbour count only: the stored graphs keep distances (Å),
@@ -138,35 +178,46 @@ def build_graph_store(
         "radius": config.radius,
         "max_neighbors": config.max_neighbors,
     }
-    return build_record_store(
-        records_path,
-        root,
-        functools.partial(graph_shard, config),
-        key=key,
-        desc="crystal graphs",
-        workers=workers,
-        shard_size=shard_size,
-        lines=lines,
-        source=source,
-    )
+    shard_fn = functools.partial(graph_shard, config)
+    return build_record_store(records, root, shard_fn, key, "crystal graphs", workers, shard_size)
 
 
-def _composition_item(symprec: float, index: int, record: CrystalRecord) -> dict:
+def _composition_item(symprec: float, index: int, record: CrystalRecord) -> Item:
     """Descriptor item of a record: ``features [1, COMPOSITION_DIM]`` float32."""
     return {"features": composition_features(record.to_structure(), symprec)[None]}
 
 
-def composition_shard(symprec: float, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-    """Descriptors ``[1, COMPOSITION_DIM]`` of one shard of ``(record_index, record_json)``, one
-    item per record; a record whose descriptor fails is a reject stored as all NaN."""
+def composition_shard(symprec: float, indexed_lines: IndexedLines) -> ShardResult:
+    """Descriptors ``[1, COMPOSITION_DIM]`` of one shard of records, one item per record; a
+    record whose descriptor fails is a reject stored as all NaN."""
     placeholder = {"features": np.full((1, COMPOSITION_DIM), np.nan, np.float32)}
     return featurize_records(
         indexed_lines, functools.partial(_composition_item, symprec), placeholder
     )
 
 
+def build_composition_store(
+    records: str | Path | RecordSource,
+    root: str | Path,
+    symprec: float = 0.1,
+    workers: int = 1,
+    shard_size: int = 2048,
+) -> tuple[ArrayStore, list[Reject]]:
+    """Build or reuse the store of composition/symmetry descriptors (composition-only baseline),
+    one ``[1, COMPOSITION_DIM]`` item per record; returns it and this call's rejects."""
+    key = {
+        "what": "composition-features",
+        "version": COMPOSITION_FORMAT_VERSION,
+        "dim": COMPOSITION_DIM,
+        "symprec": symprec,
+    }
+    shard_fn = functools.partial(composition_shard, symprec)
+    desc = "composition features"
+    return build_record_store(records, root, shard_fn, key, desc, workers, shard_size)
+
+
 class _TokenShard:
-    """Tokenizes shards of ``(record_index, record_json)`` with a lazily loaded tokenizer."""
+    """Tokenizes shards of records' captions with a lazily loaded tokenizer."""
 
     def __init__(self, text_model: str, caption_fields: Sequence[str], max_length: int):
         self.text_model = text_model
@@ -177,25 +228,34 @@ class _TokenShard:
     def tokenizer(self):
         return load_tokenizer(self.text_model)
 
-    def __call__(self, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
+    def token_ids(self, indexed_lines: IndexedLines) -> list[np.ndarray]:
+        """Unpadded int32 token ids of each record's caption."""
         captions = [
             compose_caption(CrystalRecord.from_json(line), self.caption_fields)
             for _, line in indexed_lines
         ]
-        return [
-            {"input_ids": ids} for ids in encode_captions(self.tokenizer, captions, self.max_length)
-        ]
+        return encode_captions(self.tokenizer, captions, self.max_length)
+
+    def __call__(self, indexed_lines: IndexedLines) -> ShardResult:
+        return ShardResult([{"input_ids": ids} for ids in self.token_ids(indexed_lines)])
+
+
+def _caption_key(caption_fields: Sequence[str], max_length: int) -> dict:
+    """The part of a caption store's key that says which captions it holds."""
+    return {
+        "caption_format": CAPTION_FORMAT_VERSION,
+        "caption_fields": list(caption_fields),
+        "max_length": max_length,
+    }
 
 
 def build_token_store(
-    records_path: str | Path,
+    records: str | Path | RecordSource,
     root: str | Path,
     text_model: str,
     caption_fields: Sequence[str],
     max_length: int,
     shard_size: int = 8192,
-    lines: list[str] | None = None,
-    source: str | None = None,
 ) -> ArrayStore:
     """Build or reuse the caption-token store of a records file (one item per record)."""
     tokenizer = load_tokenizer(text_model)
@@ -204,109 +264,46 @@ def build_token_store(
         "text_model": resolve(text_model),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_class": type(tokenizer).__name__,
-        "caption_format": CAPTION_FORMAT_VERSION,
-        "caption_fields": list(caption_fields),
-        "max_length": max_length,
+        **_caption_key(caption_fields, max_length),
     }
-    store, _ = build_record_store(
-        records_path,
-        root,
-        _TokenShard(text_model, caption_fields, max_length),
-        key=key,
-        desc="captions",
-        workers=1,
-        shard_size=shard_size,
-        lines=lines,
-        source=source,
-    )
+    shard_fn = _TokenShard(text_model, caption_fields, max_length)
+    store, _ = build_record_store(records, root, shard_fn, key, "captions", 1, shard_size)
     return store
 
 
 class _TextFeatureShard(_TokenShard):
-    """Runs a frozen text tower (eval mode, no grad) over shards of captions."""
+    """Runs a frozen text tower over shards of captions: one ``[1, H]`` item per record."""
 
-    def __init__(self, tower, caption_fields: Sequence[str], max_length: int, batch_size: int):
-        super().__init__(tower.text_model_name, caption_fields, max_length)
-        self.tower = tower.eval()
-        self.batch_size = batch_size
+    def __init__(
+        self, features: FrozenTextFeatures, caption_fields: Sequence[str], max_length: int
+    ):
+        super().__init__(features.text_model_name, caption_fields, max_length)
+        self.features = features
 
-    @torch.no_grad()
-    def __call__(self, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-        token_ids = [item["input_ids"] for item in super().__call__(indexed_lines)]
-        lengths = np.array([len(ids) for ids in token_ids])
-        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
-        features = np.zeros((len(token_ids), self.tower.out_dim), np.float32)
-        pad_token_id = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            ids, mask = pad_token_ids([token_ids[row] for row in rows], pad_token_id)
-            features[rows] = (
-                self.tower(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
-            )
-        return [{"features": row[None]} for row in features]
+    def __call__(self, indexed_lines: IndexedLines) -> ShardResult:
+        rows = self.features(self.token_ids(indexed_lines), self.tokenizer.pad_token_id or 0)
+        return ShardResult([{"features": row[None]} for row in rows])
 
 
 def build_text_feature_store(
-    records_path: str | Path,
+    records: str | Path | RecordSource,
     root: str | Path,
-    tower,
+    tower: TextTower,
     caption_fields: Sequence[str],
     max_length: int,
     batch_size: int = 128,
     shard_size: int = 2048,
-    lines: list[str] | None = None,
-    source: str | None = None,
 ) -> ArrayStore:
     """Build or reuse the store of a frozen text tower's pooled outputs, one ``[1, H]`` item per
     record, keyed by the tower's weights fingerprint, pooling, caption fields and max_length."""
+    features = FrozenTextFeatures(tower, batch_size)
     key = {
         "what": "frozen-text-features",
-        "text_model": resolve(tower.text_model_name),
-        "weights": tower.weights_fingerprint(),
-        "pooling": tower.pooling,
-        "caption_format": CAPTION_FORMAT_VERSION,
-        "caption_fields": list(caption_fields),
-        "max_length": max_length,
+        **features.identity(),
+        **_caption_key(caption_fields, max_length),
     }
+    shard_fn = _TextFeatureShard(features, caption_fields, max_length)
     store, _ = build_record_store(
-        records_path,
-        root,
-        _TextFeatureShard(tower, caption_fields, max_length, batch_size),
-        key=key,
-        desc="frozen text features",
-        workers=1,
-        shard_size=shard_size,
-        lines=lines,
-        source=source,
+        records, root, shard_fn, key, "frozen text features", 1, shard_size
     )
     return store
-
-
-def build_composition_store(
-    records_path: str | Path,
-    root: str | Path,
-    symprec: float = 0.1,
-    workers: int = 1,
-    shard_size: int = 2048,
-    lines: list[str] | None = None,
-    source: str | None = None,
-) -> tuple[ArrayStore, list[dict]]:
-    """Build or reuse the store of composition/symmetry descriptors (composition-only baseline),
-    one ``[1, COMPOSITION_DIM]`` item per record; returns it and this call's rejects."""
-    key = {
-        "what": "composition-features",
-        "version": COMPOSITION_FORMAT_VERSION,
-        "dim": COMPOSITION_DIM,
-        "symprec": symprec,
-    }
-    return build_record_store(
-        records_path,
-        root,
-        functools.partial(composition_shard, symprec),
-        key=key,
-        desc="composition features",
-        workers=workers,
-        shard_size=shard_size,
-        lines=lines,
-        source=source,
-    )

@@ -14,7 +14,7 @@ so the atom's convolution sees itself only, which is CGCNN's padding convention 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Structure
 
-MAX_ATOMIC_NUMBER = 100  # CGCNN's atom_init table covers Z = 1..100
+CGCNN_MAX_Z = 100  # CGCNN's atom_init table covers Z = 1..100
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,6 @@ class GraphConfig:
     max_neighbors: int = 12
     gaussian_step: float = 0.2
     gaussian_width: float = 0.2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -101,7 +98,7 @@ def structure_to_graph(structure: Structure, config: GraphConfig) -> CrystalGrap
         ValueError: for an element beyond Z = 100 (no CGCNN atom features exist for it).
     """
     numbers = np.array(structure.atomic_numbers, dtype=np.int64)
-    if numbers.max(initial=0) > MAX_ATOMIC_NUMBER:
+    if numbers.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={numbers.max()} has no CGCNN atom features (Z <= 100)")
     centers, neighbors, _images, distances = structure.get_neighbor_list(
         config.radius, exclude_self=True
@@ -132,7 +129,7 @@ def cgcnn_atom_features() -> np.ndarray:
     """
     source = resources.files("matminer") / "utils" / "data_files" / "cgcnn_atom_feature.json"
     table = json.loads(Path(str(source)).read_text())
-    features = np.zeros((MAX_ATOMIC_NUMBER + 1, len(next(iter(table.values())))), np.float32)
+    features = np.zeros((CGCNN_MAX_Z + 1, len(next(iter(table.values())))), np.float32)
     for z, row in table.items():
         features[int(z)] = row
     return features

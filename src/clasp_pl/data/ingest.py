@@ -363,7 +363,7 @@ def job_to_record(job: Job, options: IngestOptions) -> CrystalRecord | Reject:
         )
     except CifError as err:
         return err.to_reject(job.source, job.id)
-    except Exception as err:  # a reader bug must not stop a 400k-file ingestion
+    except Exception as err:  # noqa: BLE001 - a reader bug must not stop a 400k-file ingestion
         return Reject(job.source, job.id, "unparseable", f"{job.source}: {type(err).__name__}")
     return _record(job, parsed)
 

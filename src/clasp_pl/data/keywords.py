@@ -36,8 +36,11 @@ from typing import Any
 from tqdm import tqdm
 
 from clasp_pl.data.records import CrystalRecord, iter_records
+from clasp_pl.rank_zero import rank_zero_logger
 
 DEFAULT_MAX_KEYWORDS = 10
+
+log = rank_zero_logger(__name__)
 
 DEFAULT_GENERIC_TERMS: tuple[str, ...] = (
     # techniques (the paper's LLM prompt and the official loader exclude these)
@@ -378,11 +381,13 @@ def apply_keywords(
 
 def apply_keyword_file(records: list[CrystalRecord], path: str | Path) -> list[CrystalRecord]:
     """:func:`apply_keywords` with the keyword captions of a file (see
-    :func:`load_keyword_captions`); prints how many records it matched and warns when it matched
+    :func:`load_keyword_captions`); logs how many records it matched and warns when it matched
     none (a keywords file of another dataset, or ids written differently)."""
     mapping, stats = load_keyword_captions(path)
     matched = sum(record.id in mapping for record in records)
-    print(f"keywords {path}: matched {matched} of {len(records)} records; {stats.summary()}")
+    log.info(
+        "keywords %s: matched %d of %d records; %s", path, matched, len(records), stats.summary()
+    )
     if not matched:
         warnings.warn(
             f"the keywords file {path} matches none of the {len(records)} records: no caption "

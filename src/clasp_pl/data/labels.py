@@ -1,7 +1,7 @@
 """Class labels computed from a crystal structure: targets for probes and fine-tuning.
 
-Two labellings, each a tuple of class names and a function from a record to a class index
-(``None`` when the structure has no label):
+Two labellings (:class:`ClassTarget`), each class names and a function from a record to a class
+index (``None`` when the structure has no label):
 
 - ``crystal_system``: the 7 crystal systems, from pymatgen's ``SpacegroupAnalyzer`` at a
   tolerance of :data:`SYMPREC` = 0.1 Å. A geometric property.
@@ -30,11 +30,12 @@ Two labellings, each a tuple of class names and a function from a record to a cl
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from pymatgen.core import Composition
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from clasp_pl.data.records import CrystalRecord
+from clasp_pl.data.symmetry import space_group
 
 CRYSTAL_SYSTEM = "crystal_system"
 CRYSTAL_SYSTEMS = (
@@ -76,11 +77,8 @@ _PNICTIDE_ANIONS = {"As", "Sb", "Bi"}
 def crystal_system_index(record: CrystalRecord) -> int | None:
     """Index in :data:`CRYSTAL_SYSTEMS` of the record's crystal system; ``None`` when spglib
     cannot analyse the structure."""
-    try:
-        analyzer = SpacegroupAnalyzer(record.to_structure(), symprec=SYMPREC)
-        return CRYSTAL_SYSTEMS.index(analyzer.get_crystal_system())
-    except Exception:  # noqa: BLE001 - a structure spglib cannot analyse has no label
-        return None
+    group = space_group(record.to_structure(), SYMPREC)
+    return None if group is None else CRYSTAL_SYSTEMS.index(group.crystal_system)
 
 
 def mineral_class_of(composition: Composition | str) -> str:
@@ -104,8 +102,20 @@ def mineral_class_index(record: CrystalRecord) -> int:
     return MINERAL_CLASSES.index(mineral_class_of(record.composition))
 
 
-# Classification targets by name: class names and the labelling function.
-CLASS_TARGETS: dict[str, tuple[tuple[str, ...], Callable[[CrystalRecord], int | None]]] = {
-    CRYSTAL_SYSTEM: (CRYSTAL_SYSTEMS, crystal_system_index),
-    MINERAL_CLASS: (MINERAL_CLASSES, mineral_class_index),
+class ClassTarget(NamedTuple):
+    """A classification target.
+
+    Attributes:
+        classes: the class names; a label is an index into them.
+        label: a record's class index, ``None`` when its structure has no label.
+    """
+
+    classes: tuple[str, ...]
+    label: Callable[[CrystalRecord], int | None]
+
+
+# Classification targets by name.
+CLASS_TARGETS: dict[str, ClassTarget] = {
+    CRYSTAL_SYSTEM: ClassTarget(CRYSTAL_SYSTEMS, crystal_system_index),
+    MINERAL_CLASS: ClassTarget(MINERAL_CLASSES, mineral_class_index),
 }

@@ -26,23 +26,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clasp_pl.config_utils import as_config
-from clasp_pl.data.cache import ArrayStore
-from clasp_pl.data.datamodule import (
-    DEFAULT_RECORDS,
-    SplitDataModule,
-    collate_graphs,
-    print_rejects,
-    records_cache_root,
+from clasp_pl.data.batch import PropertyBatch, collate_graphs
+from clasp_pl.data.cache import ArrayStore, Item, ShardResult
+from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule
+from clasp_pl.data.featurize import (
+    IndexedLines,
+    RecordSource,
+    build_graph_store,
+    build_record_store,
+    featurize_records,
 )
-from clasp_pl.data.featurize import build_graph_store, build_record_store
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.labels import CLASS_TARGETS, CRYSTAL_SYSTEM, SYMPREC
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
+from clasp_pl.rank_zero import rank_zero_logger
 
 TARGET_FORMAT_VERSION = 1
 Task = Literal["regression", "classification"]
+_NO_TARGET = {"value": np.array([math.nan], np.float64)}
+
+log = rank_zero_logger(__name__)
 
 
 def task_of(target: str) -> Task:
@@ -52,14 +56,14 @@ def task_of(target: str) -> Task:
 
 def num_classes_of(target: str) -> int:
     """Number of classes of a classification target; 1 (one output) for a regression target."""
-    return len(CLASS_TARGETS[target][0]) if target in CLASS_TARGETS else 1
+    return len(CLASS_TARGETS[target].classes) if target in CLASS_TARGETS else 1
 
 
 def target_value(record: CrystalRecord, target: str) -> float:
     """The target of one record: its class index for a classification target, else
     ``meta[target]`` as a float; NaN when missing, not a number, or without a class."""
     if target in CLASS_TARGETS:
-        index = CLASS_TARGETS[target][1](record)
+        index = CLASS_TARGETS[target].label(record)
         return math.nan if index is None else float(index)
     value = record.meta.get(target)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -67,43 +71,39 @@ def target_value(record: CrystalRecord, target: str) -> float:
     return float(value)
 
 
-def target_shard(target: str, indexed_lines: Sequence[tuple[int, str]]) -> list[dict]:
-    """Target values ``[1]`` (float64) of one shard of ``(record_index, record_json)``."""
-    return [
-        {"value": np.array([target_value(CrystalRecord.from_json(line), target)], np.float64)}
-        for _, line in indexed_lines
-    ]
+def _target_item(target: str, index: int, record: CrystalRecord) -> Item:
+    return {"value": np.array([target_value(record, target)], np.float64)}
+
+
+def target_shard(target: str, indexed_lines: IndexedLines) -> ShardResult:
+    """Target values ``[1]`` (float64) of one shard of records; a record whose value cannot be
+    computed is a reject stored as NaN."""
+    return featurize_records(indexed_lines, functools.partial(_target_item, target), _NO_TARGET)
 
 
 def build_target_store(
-    records_path: str | Path,
+    records: str | Path | RecordSource,
     root: str | Path,
     target: str,
     workers: int = 1,
     shard_size: int = 2048,
-    lines: list[str] | None = None,
 ) -> ArrayStore:
     """Build or reuse the store of one target's values, one item per record (records order)."""
     key = {"what": "property-target", "version": TARGET_FORMAT_VERSION, "target": target}
     if target in CLASS_TARGETS:
-        key["classes"] = list(CLASS_TARGETS[target][0])
+        key["classes"] = list(CLASS_TARGETS[target].classes)
     if target == CRYSTAL_SYSTEM:
         key["symprec"] = SYMPREC
+    shard_fn = functools.partial(target_shard, target)
     store, _ = build_record_store(
-        records_path,
-        root,
-        functools.partial(target_shard, target),
-        key=key,
-        desc=f"target {target}",
-        workers=workers,
-        shard_size=shard_size,
-        lines=lines,
+        records, root, shard_fn, key, f"target {target}", workers, shard_size
     )
     return store
 
 
 class PropertyDataset(Dataset):
-    """Crystal graphs (graph-store items ``item_ids``) as samples for :func:`collate_graphs`."""
+    """Crystal graphs (graph-store items ``item_ids``): the samples of
+    :meth:`PropertyDataModule.collate`."""
 
     def __init__(self, graphs: ArrayStore, item_ids: np.ndarray):
         self.graphs = graphs
@@ -148,38 +148,30 @@ class PropertyDataModule(SplitDataModule):
         num_workers: int = 0,
         prepare_workers: int = 1,
     ):
-        super().__init__()
-        self.records = Path(records)
-        if not self.records.is_file():
-            raise FileNotFoundError(
-                f"records file {self.records} not found: make one with `clasp data ingest`"
-            )
+        super().__init__(
+            records,
+            cache_dir,
+            graph,
+            split_fractions,
+            split_seed,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            prepare_workers,
+        )
         self.target = target
         self.task: Task = task_of(target)
-        self.cache_root = records_cache_root(cache_dir, self.records)
-        self.graph = as_config(GraphConfig, graph)
-        self.split_fractions = tuple(split_fractions)
-        self.split_seed = split_seed
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.prepare_workers = prepare_workers
         self.datasets: dict[str, PropertyDataset] = {}
         self.targets = np.zeros(0)
 
     def _build(self) -> tuple[ArrayStore, ArrayStore]:
-        lines = list(iter_record_lines(self.records))
-        graphs, rejects = build_graph_store(
-            self.records, self.cache_root / "graphs", self.graph, self.prepare_workers, lines=lines
-        )
-        print_rejects(rejects, "crystal graphs")
-        targets = build_target_store(
-            self.records,
-            self.cache_root / "targets" / self.target,
-            self.target,
+        records, root, workers = (
+            RecordSource.read(self.records),
+            self.cache_root,
             self.prepare_workers,
-            lines=lines,
         )
+        graphs, _ = build_graph_store(records, root / "graphs", self.graph, workers)
+        targets = build_target_store(records, root / "targets" / self.target, self.target, workers)
         return graphs, targets
 
     def setup(self, stage: str | None = None) -> None:
@@ -195,7 +187,7 @@ class PropertyDataModule(SplitDataModule):
                 f"meta keys of the first record: {self._first_meta_keys()}"
             )
         if not labelled.all():
-            print(f"{(~labelled).sum()} structures have no {self.target} and are left out")
+            log.info("%d structures have no %s and are left out", (~labelled).sum(), self.target)
         parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
         self.datasets = {
             name: PropertyDataset(graphs, ids[labelled[ids]]) for name, ids in parts.items()
@@ -223,15 +215,16 @@ class PropertyDataModule(SplitDataModule):
         train = self.split_targets("train")
         return float(train.mean()), float(max(train.std(), 1e-8))
 
-    def collate(self, samples: Sequence[dict]) -> dict:
-        """:func:`collate_graphs`' batch plus ``record_index [B]`` and ``targets [B]`` (float32
-        values in the target's units, or int64 class indices)."""
-        batch = collate_graphs(samples)
+    def collate(self, samples: Sequence[dict]) -> PropertyBatch:
+        """A :class:`~clasp_pl.data.batch.PropertyBatch`: the graphs, their ``record_index``
+        and their ``targets`` (float32 in the target's units, or int64 class indices)."""
         record_index = np.concatenate([s["record_index"] for s in samples])
         dtype = np.int64 if self.task == "classification" else np.float32
-        batch["record_index"] = torch.from_numpy(record_index)
-        batch["targets"] = torch.from_numpy(self.targets[record_index].astype(dtype))
-        return batch
+        return PropertyBatch(
+            **collate_graphs(samples),
+            record_index=torch.from_numpy(record_index),
+            targets=torch.from_numpy(self.targets[record_index].astype(dtype)),
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(

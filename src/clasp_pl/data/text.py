@@ -1,10 +1,10 @@
-"""Captions: the text side of a pair, composed from a record's fields and tokenized."""
+"""Captions: the text side of a pair, composed from a record's fields.
+
+Tokenizing them is :mod:`clasp_pl.text.tokens`' job."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
 
 from clasp_pl.data.records import CrystalRecord
 
@@ -28,34 +28,3 @@ def compose_caption(
         if text and text.strip():
             parts.append(text.strip())
     return separator.join(parts)
-
-
-def encode_captions(tokenizer, captions: Sequence[str], max_length: int) -> list[np.ndarray]:
-    """Token ids of each caption: int32 ``[n_tokens]``, special tokens included, truncated to
-    ``max_length``, unpadded."""
-    encoded = tokenizer(list(captions), truncation=True, max_length=max_length)
-    return [np.asarray(ids, np.int32) for ids in encoded["input_ids"]]
-
-
-def empty_caption_length(tokenizer, max_length: int) -> int:
-    """Tokens the tokenizer gives an empty caption (its special tokens: 2 for BERT's ``[CLS]
-    [SEP]``, 0 for a tokenizer without any); a caption with no more tokens has no text."""
-    return len(encode_captions(tokenizer, [""], max_length)[0])
-
-
-def pad_token_ids(
-    sequences: Sequence[np.ndarray], pad_token_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token id sequences to the longest one.
-
-    Returns:
-        ``input_ids [B, L]`` int64 (padding = ``pad_token_id``) and ``attention_mask [B, L]``
-        int64 (1 on tokens, 0 on padding).
-    """
-    lengths = [len(ids) for ids in sequences]
-    input_ids = np.full((len(sequences), max(lengths, default=0)), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros_like(input_ids)
-    for row, (ids, length) in enumerate(zip(sequences, lengths, strict=True)):
-        input_ids[row, :length] = ids
-        attention_mask[row, :length] = 1
-    return input_ids, attention_mask

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clasp_pl.data.batch import GraphBatch
 from clasp_pl.data.graphs import GraphConfig, cgcnn_atom_features
 from clasp_pl.models.scatter import segment_mean, segment_sum
 
@@ -118,12 +119,9 @@ class CGCNN(nn.Module):
     def out_dim(self) -> int:
         return self.config.h_fea_len if self.config.n_hidden else self.config.atom_fea_len
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Encode a collated batch of crystals (:func:`clasp_pl.data.datamodule.collate_graphs`).
-
-        Uses ``atomic_numbers [N]`` (Z of every atom), ``edge_src``/``edge_dst [E]`` (batch-level
-        atom indices of each directed edge), ``edge_dist [E]`` (Å), ``crystal_index [N]`` (the
-        crystal of each atom, 0..B-1) and ``num_crystals`` (B).
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        """Encode a batch of crystal graphs (:class:`~clasp_pl.data.batch.GraphBatch`: atomic
+        numbers ``[N]``, directed edges ``[E]`` with lengths in Å, the crystal of each atom).
 
         Returns:
             ``[B, out_dim]`` crystal features.

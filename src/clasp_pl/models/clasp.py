@@ -12,13 +12,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import GraphBatch, PairBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.composition import CompositionMLP
 from clasp_pl.models.heads import ProjectionHead
-from clasp_pl.models.text import TextTower
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.tower import TextTower
 
 
 @dataclass
@@ -68,21 +69,28 @@ TEXT_TOWER_PREFIX = "text_tower."
 OMITTED_TEXT_WEIGHTS = "text_tower_weights"  # checkpoint key: which frozen weights were left out
 
 # Checkpoints store these configs in their hyper-parameters; allow them under weights_only loads.
+# Checkpoints written before the text package existed name TextConfig by its old module.
 torch.serialization.add_safe_globals(
     [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig]
+    + [(TextConfig, "clasp_pl.text_models.TextConfig")]
 )
 
 
 class CLaSPModule(L.LightningModule):
     """Contrastive language-structure pretraining.
 
-    Batches are the dicts of :func:`clasp_pl.data.datamodule.collate_pairs`. Embeddings are
-    ``[B, embed_dim]`` and L2-normalised; their dot product is the cosine similarity.
+    Batches are :class:`~clasp_pl.data.batch.PairBatch` dicts. Embeddings are ``[B, embed_dim]``
+    and L2-normalised; their dot product is the cosine similarity.
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
     checkpoint never needs that file again. It is recorded as ``initialised_from`` in this run's
     checkpoints (and in the resolved config beside the logs).
+
+    ``text_max_length`` is the caption truncation (tokens) the model is trained with: the CLI
+    links it from the data module's ``max_length``, and embedding new texts
+    (:func:`clasp_pl.api.embed_texts`) reads it from the hyper-parameters. A checkpoint written
+    before it existed gets the data module's ``max_length`` that it recorded.
 
     A frozen text tower that still holds its pretrained model's weights is left out of the
     checkpoints (``text_tower_weights`` records the model name and the weights' fingerprint
@@ -99,6 +107,7 @@ class CLaSPModule(L.LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         crystal_encoder: Literal["cgcnn", "composition"] = "cgcnn",
+        text_max_length: int = 256,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -160,15 +169,16 @@ class CLaSPModule(L.LightningModule):
         self.load_state_dict(source, strict=False)
 
     # ----------------------------------------------------------------- embeddings
-    def encode_crystals(self, batch: dict) -> torch.Tensor:
-        """Crystal embeddings ``[B, embed_dim]`` of a collated batch."""
+    def encode_crystals(self, batch: GraphBatch | PairBatch) -> torch.Tensor:
+        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only tower reads a
+        pair batch's ``composition_features``)."""
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]``."""
         return self.text_head(self.text_tower(input_ids, attention_mask))
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(crystal_emb, text_emb)``, each ``[B, embed_dim]``. A batch carrying cached frozen
         text-tower outputs (``text_features [B, H]``) skips the text tower."""
         if "text_features" in batch:
@@ -178,7 +188,7 @@ class CLaSPModule(L.LightningModule):
         return self.encode_crystals(batch), text_emb
 
     # ----------------------------------------------------------------- steps
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
         crystal_emb, text_emb = self(batch)
         loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
         size = batch["num_crystals"]
@@ -186,7 +196,7 @@ class CLaSPModule(L.LightningModule):
         self.log("train/logit_scale", self.loss_fn.logit_scale_value, batch_size=size)
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> dict:
+    def _eval_step(self, batch: PairBatch, stage: str) -> dict[str, torch.Tensor]:
         crystal_emb, text_emb = self(batch)
         loss = self.loss_fn(crystal_emb, text_emb, batch["group_ids"])
         self.log(
@@ -199,10 +209,10 @@ class CLaSPModule(L.LightningModule):
             "item_id": batch["item_id"],
         }
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+    def validation_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
+    def test_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "test")
 
     def setup(self, stage: str) -> None:
@@ -230,7 +240,12 @@ class CLaSPModule(L.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back omitted text weights; take the caption length of an older checkpoint (which
+        has no ``text_max_length``) from its data module's hyper-parameters."""
         self.restore_omitted_text_weights(checkpoint, "the checkpoint")
+        data = checkpoint.get("datamodule_hyper_parameters") or {}
+        if "text_max_length" not in checkpoint.get("hyper_parameters", {}) and "max_length" in data:
+            self.hparams["text_max_length"] = int(data["max_length"])
 
     def restore_omitted_text_weights(self, checkpoint: dict, source: str | Path) -> None:
         """Put this model's text-tower weights into a checkpoint that left them out, after

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clasp_pl.data.batch import PairBatch
 from clasp_pl.data.composition import COMPOSITION_DIM
 
 
@@ -25,7 +26,7 @@ class CompositionMLP(nn.Module):
             nn.Softplus(),
         )
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: PairBatch) -> torch.Tensor:
         """``batch["composition_features"] [B, 333]`` -> ``[B, out_dim]``."""
         if "composition_features" not in batch:
             raise KeyError(

@@ -29,10 +29,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from clasp_pl.config_utils import as_config
+from clasp_pl.data.batch import GraphBatch, PropertyBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.clasp import HeadsConfig, WarmupCosine
-from clasp_pl.models.heads import ProjectionHead
+from clasp_pl.models.heads import ProjectionHead, mlp
 
 # CGCNNConfig fields that change no parameter shape or value (free to differ from a checkpoint).
 _RUNTIME_FIELDS = frozenset({"use_torch_scatter"})
@@ -65,8 +66,8 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 class PropertyModule(L.LightningModule):
     """CGCNN encoder + MLP head predicting one property per crystal.
 
-    Batches are those of :class:`~clasp_pl.data.property_datamodule.PropertyDataModule`
-    (graph fields plus ``targets [B]``); the forward pass returns ``[B]`` standardised values
+    Batches are :class:`~clasp_pl.data.batch.PropertyBatch` dicts (graph fields plus
+    ``targets [B]``); the forward pass returns ``[B]`` standardised values
     (regression) or ``[B, num_classes]`` logits (classification).
 
     Args:
@@ -143,9 +144,8 @@ class PropertyModule(L.LightningModule):
             self.crystal_tower.load_state_dict(_prefixed(state, "crystal_tower."))
             if self.crystal_head is not None:
                 self.crystal_head.load_state_dict(_prefixed(state, "crystal_head."))
-        # ProjectionHead's MLP without its L2 normalisation: Linear(-ReLU-Dropout)* then Linear.
         outputs = num_classes if task == "classification" else 1
-        self.head = ProjectionHead(width, outputs, head_hidden or [], dropout=head_dropout).mlp
+        self.head = mlp(width, outputs, head_hidden or [], dropout=head_dropout)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             for module in self.encoder_modules:  # eval now: Lightning never calls .train()
@@ -199,12 +199,12 @@ class PropertyModule(L.LightningModule):
         return self
 
     # ----------------------------------------------------------------- forward
-    def encode(self, batch: dict) -> torch.Tensor:
-        """Encoder features ``[B, D]`` of a collated batch."""
+    def encode(self, batch: GraphBatch) -> torch.Tensor:
+        """Encoder features ``[B, D]`` of a batch of crystal graphs."""
         features = self.crystal_tower(batch)
         return features if self.crystal_head is None else self.crystal_head(features)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
         """Standardised predictions ``[B]`` (regression) or logits ``[B, num_classes]``."""
         out = self.head(self.encode(batch))
         return out.squeeze(-1) if self.task == "regression" else out
@@ -229,12 +229,12 @@ class PropertyModule(L.LightningModule):
             return F.mse_loss(output, (targets - self.target_mean) / self.target_std)
         return F.cross_entropy(output, targets)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PropertyBatch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch["targets"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_crystals"])
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: PropertyBatch, stage: str) -> None:
         output = self(batch)
         targets = batch["targets"]
         size = batch["num_crystals"]
@@ -246,13 +246,13 @@ class PropertyModule(L.LightningModule):
             name, value = "acc", (predicted == targets).float().mean()
         self.log(f"{stage}/{name}", value, prog_bar=True, sync_dist=True, batch_size=size)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: PropertyBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: PropertyBatch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: PropertyBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """``record_index [B]`` and ``prediction [B]`` (target units or class index)."""
         return {
             "record_index": batch["record_index"],

@@ -1,4 +1,4 @@
-"""Projection heads: tower features -> the shared, L2-normalised embedding space."""
+"""Projection heads: tower features -> the shared, L2-normalised embedding space; plain MLPs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,31 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def mlp(
+    in_dim: int,
+    out_dim: int,
+    hidden_dims: Sequence[int] = (),
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """``[B, in_dim] -> [B, out_dim]``: Linear(-BatchNorm)-ReLU(-Dropout) per hidden width, then
+    Linear (``hidden_dims=()``: a single linear layer)."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for hidden in hidden_dims:
+        layers.append(nn.Linear(width, hidden))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(nn.ReLU())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
 class ProjectionHead(nn.Module):
-    """MLP ``[B, in_dim] -> [B, embed_dim]``, L2-normalised.
+    """:func:`mlp` ``[B, in_dim] -> [B, embed_dim]``, L2-normalised.
 
     ``hidden_dims=()`` is a single linear projection (CLIP); ``hidden_dims=(768, 768)`` with
     ``batch_norm=True`` is the official CLaSP form (Linear-BN-ReLU twice, then Linear).
@@ -25,18 +48,7 @@ class ProjectionHead(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_dim
-        for hidden in hidden_dims:
-            layers.append(nn.Linear(width, hidden))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden))
-            layers.append(nn.ReLU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        layers.append(nn.Linear(width, embed_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp(in_dim, embed_dim, hidden_dims, batch_norm, dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(features), dim=-1)

@@ -7,7 +7,8 @@ import hashlib
 import torch
 from torch import nn
 
-from clasp_pl.text_models import TextConfig, load_text_model
+from clasp_pl.text.config import TextConfig
+from clasp_pl.text.sources import load_text_model
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import huggingface_hub
 import torch
@@ -26,35 +24,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 
 DEFAULT_TEXT_MODEL = "minilm"
 TINY_RANDOM = "tiny-random"
-Pooling = Literal["auto", "cls", "mean", "pooler"]
 POOLING_CONFIG = "1_Pooling/config.json"  # a sentence-transformers model's pooling settings
-
-
-@dataclass
-class TextConfig:
-    """Which text model, and how it is pooled and trained.
-
-    Shared by the model (which runs it) and the data module (which tokenizes for it and, for a
-    frozen tower, caches its pooled outputs).
-
-    Attributes:
-        model: text model name or folder (see module docstring).
-        pooling: ``cls`` (first token), ``mean`` (attention-masked mean), ``pooler`` (BERT's
-            pretrained dense+tanh pooler on CLS) or ``auto`` (the model's own convention).
-        freeze: no gradients into the encoder; it then always runs in eval mode (no dropout).
-        trainable_layers: when set, freeze embeddings and all but the top N transformer layers.
-        gradient_checkpointing: trade compute for activation memory.
-    """
-
-    model: str = DEFAULT_TEXT_MODEL
-    pooling: Pooling = "auto"
-    freeze: bool = False
-    trainable_layers: int | None = None
-    gradient_checkpointing: bool = False
-
-    @property
-    def resolved_pooling(self) -> str:
-        return native_pooling(self.model) if self.pooling == "auto" else self.pooling
 
 
 def minilm_dir() -> Path:

@@ -1,0 +1,129 @@
+"""Batches: what collate makes of cached samples, and what the towers and LightningModules read.
+
+Sizes: ``B`` crystals (one caption each in a pair batch), ``N`` atoms and ``E`` directed edges
+over the whole batch, ``L`` tokens of the longest caption, ``H`` the text tower's width.
+Samples are store items (:mod:`clasp_pl.data.cache`): dicts of numpy arrays, one per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clasp_pl.text.tokens import pad_token_ids
+
+Sample = Mapping[str, np.ndarray]
+
+
+class GraphBatch(TypedDict):
+    """Crystal graphs stacked PyG-style: atoms concatenated, edge indices offset per crystal.
+
+    Keys:
+        atomic_numbers: ``[N]`` int64, Z of every atom.
+        edge_src: ``[E]`` int64, batch-level index of each directed edge's centre atom.
+        edge_dst: ``[E]`` int64, batch-level index of its neighbour atom.
+        edge_dist: ``[E]`` float32, edge length in Å.
+        crystal_index: ``[N]`` int64, the crystal (``0..B-1``) of each atom.
+        num_crystals: ``B``.
+    """
+
+    atomic_numbers: Tensor
+    edge_src: Tensor
+    edge_dst: Tensor
+    edge_dist: Tensor
+    crystal_index: Tensor
+    num_crystals: int
+
+
+class _CachedFeatures(TypedDict, total=False):
+    text_features: Tensor
+    composition_features: Tensor
+
+
+class PairBatch(GraphBatch, _CachedFeatures):
+    """(crystal, caption) pairs: :class:`GraphBatch`'s keys plus
+
+    Keys:
+        input_ids: ``[B, L]`` int64 caption tokens, right-padded with the pad token.
+        attention_mask: ``[B, L]`` int64, 1 on tokens, 0 on padding.
+        group_ids: ``[B]`` int64 paper ids; pairs of one paper are mutual positives.
+        record_index: ``[B]`` int64 position of each pair's record in the records file.
+        item_id: ``[B]`` int64 graph-store position, unique per sample (drops the padding
+            duplicates of a ``DistributedSampler`` in evaluation).
+        text_features: optional ``[B, H]`` float32, cached outputs of a frozen text tower
+            (the model then skips its text tower).
+        composition_features: optional ``[B, 333]`` float32 descriptors, for the
+            composition-only baseline tower.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    group_ids: Tensor
+    record_index: Tensor
+    item_id: Tensor
+
+
+class PropertyBatch(GraphBatch):
+    """Crystals with one property each: :class:`GraphBatch`'s keys plus
+
+    Keys:
+        record_index: ``[B]`` int64 position of each crystal's record in the records file.
+        targets: ``[B]`` float32 values in the target's units (regression) or int64 class
+            indices (classification).
+    """
+
+    record_index: Tensor
+    targets: Tensor
+
+
+CACHED_FEATURES = tuple(_CachedFeatures.__annotations__)  # per-record features a pair may carry
+
+
+def _concat(samples: Sequence[Sample], name: str, dtype: type = np.int64) -> Tensor:
+    return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
+
+
+def collate_graphs(samples: Sequence[Sample]) -> GraphBatch:
+    """Stack crystal graphs into one :class:`GraphBatch`.
+
+    Each sample needs ``atomic_numbers [n]``, ``edge_src``, ``edge_dst`` (indices inside its
+    crystal) and ``edge_dist [e]`` (Å).
+    """
+    atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
+    atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
+    edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
+    edge_offset = torch.from_numpy(np.repeat(atom_offsets, edges_per_crystal))
+    return GraphBatch(
+        atomic_numbers=_concat(samples, "atomic_numbers"),
+        edge_src=_concat(samples, "edge_src") + edge_offset,
+        edge_dst=_concat(samples, "edge_dst") + edge_offset,
+        edge_dist=_concat(samples, "edge_dist", np.float32),
+        crystal_index=torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
+        num_crystals=len(samples),
+    )
+
+
+def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch:
+    """Stack (graph, caption) samples into one :class:`PairBatch`, captions padded to the
+    longest one; ``text_features`` and ``composition_features`` when the samples carry them.
+
+    Each sample needs the graph fields of :func:`collate_graphs`, ``input_ids [n_tokens]``,
+    ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``.
+    """
+    input_ids, attention_mask = pad_token_ids([s["input_ids"] for s in samples], pad_token_id)
+    batch = PairBatch(
+        **collate_graphs(samples),
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(attention_mask),
+        group_ids=_concat(samples, "group_id"),
+        record_index=_concat(samples, "record_index"),
+        item_id=_concat(samples, "item_id"),
+    )
+    for name in CACHED_FEATURES:
+        if name in samples[0]:
+            batch[name] = _concat(samples, name, np.float32)
+    return batch
