@@ -18,7 +18,7 @@ import torch
 from pymatgen.core import Composition, Element
 from torch.utils.data import DataLoader
 
-from clasp_pl.api import embed_structures, embed_texts, load_model, score
+from clasp_pl.api import embed_structures, embed_texts, load_model, score, text_max_length
 from clasp_pl.data.datamodule import collate_pairs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
@@ -203,11 +203,11 @@ def test_chunked_search_equals_full_matrix_product(tmp_path):
 
 def test_api_embeds_records_and_structures_alike_in_input_order(ckpt, cod_records, tmp_path):
     model = load_model(ckpt)
-    assert model.text_max_length == 256 and not model.training
+    assert text_max_length(model.hparams) == 256 and not model.training
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["datamodule_hyper_parameters"] = {"max_length": 32}
     torch.save(checkpoint, tmp_path / "with_data.ckpt")
-    assert load_model(tmp_path / "with_data.ckpt").text_max_length == 32
+    assert text_max_length(load_model(tmp_path / "with_data.ckpt").hparams) == 32
     assert embed_texts(model, []).shape == (0, 16)
     from_records = embed_structures(model, cod_records[:4], batch_size=3)
     structures = [r.to_structure() for r in cod_records[:4]]
