@@ -23,18 +23,13 @@ from clasp_pl.data.datamodule import collate_pairs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
 from clasp_pl.data.records import read_records
+from clasp_pl.evaluation.hybrid import ALPHA_GRID, choose_alpha
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.search import commands
+from clasp_pl.search.alpha_store import load_alpha, save_alpha
 from clasp_pl.search.commands import embed_main, search_main
-from clasp_pl.search.hybrid import (
-    ALPHA_GRID,
-    choose_alpha,
-    hybrid_search,
-    lexical_index,
-    load_alpha,
-    save_alpha,
-)
+from clasp_pl.search.hybrid import hybrid_search, lexical_index
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
 from clasp_pl.text_models import TextConfig, load_tokenizer
@@ -270,6 +265,20 @@ def test_embed_loads_the_model_before_the_ingest(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="cannot load"):
         embed_main(["--ckpt", str(bad), *argv])
     assert not out.exists()
+
+
+def test_embed_and_search_name_a_corrupt_checkpoint_and_stop(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "index"
+    argv = ["--ckpt", str(bad), "--input", str(shared_path(COD)), "--out", str(out)]
+    assert embed_main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+    write_index(tmp_path / "tiny", torch.eye(2), [{"id": "a"}, {"id": "b"}], {"checkpoint": "x"})
+    argv = ["--index", str(tmp_path / "tiny"), "--ckpt", str(bad), "--device", "cpu", "NaCl"]
+    assert search_main(argv) == 2
+    assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

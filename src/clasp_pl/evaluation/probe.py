@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from clasp_pl.checkpoints import find_checkpoint
 from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.data.labels import MINERAL_CLASS
 from clasp_pl.data.property_datamodule import (
@@ -53,7 +54,6 @@ from clasp_pl.data.property_datamodule import (
     num_classes_of,
     task_of,
 )
-from clasp_pl.evaluation.evaluate import default_checkpoint
 from clasp_pl.models.finetune import PropertyModule
 
 
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/probe-<target>)")
     args = parser.parse_args(argv)
 
-    checkpoint = args.ckpt or default_checkpoint()
+    checkpoint = args.ckpt or find_checkpoint()
     rows = run_probe(
         checkpoint,
         target=args.target,
