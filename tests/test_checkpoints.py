@@ -75,18 +75,22 @@ def test_unusable_file_raises_one_error_with_reason_and_fix(tmp_path, kind, reas
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
     assert error.value.path == path and reason in error.value.reason
+    assert len(error.value.reason) < 160 and "\n" not in error.value.reason  # torch's, shortened
     assert str(error.value).startswith(f"checkpoint {path}: {error.value.reason}; ")
     assert error.value.fix
 
 
-def test_find_checkpoint_prefers_the_best_then_the_newest(tmp_path):
+def test_find_checkpoint_prefers_the_best_then_the_newest(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no checkpoint under this folder"):
         find_checkpoint(tmp_path)
-    folder = tmp_path / "checkpoints"
+    monkeypatch.chdir(tmp_path)  # the default is runs/pretrain of the working folder
+    with pytest.raises(CheckpointError, match="runs/pretrain: no checkpoint under this folder"):
+        find_checkpoint()
+    folder = tmp_path / "runs" / "pretrain" / "checkpoints"
     for age, name in enumerate(["best-epoch=01.ckpt", "best-epoch=03.ckpt", "last.ckpt"]):
         path = write_checkpoint(folder / name, {}, {})
         os.utime(path, (1000 + age, 1000 + age))
-    assert find_checkpoint(tmp_path).name == "best-epoch=03.ckpt"
+    assert find_checkpoint().name == "best-epoch=03.ckpt"
     for best in folder.glob("best-*"):
         best.unlink()
-    assert find_checkpoint(tmp_path).name == "last.ckpt"
+    assert find_checkpoint(tmp_path / "runs").name == "last.ckpt"

@@ -27,7 +27,10 @@ MODEL_SETTINGS = "hyper_parameters"
 """Checkpoint key of the LightningModule's hyper-parameters."""
 DATA_SETTINGS = "datamodule_hyper_parameters"
 """Checkpoint key of the data module's hyper-parameters (``clasp fit``, ``clasp convert-official``)."""
+PRETRAIN_RUN = Path("runs/pretrain")
+"""The run folder of ``make pretrain``, where commands look for a checkpoint when none is named."""
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
 
 
 class CheckpointError(Exception):
@@ -65,14 +68,15 @@ def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
     except UnpicklingError as error:
         refused = _REFUSED_GLOBAL.search(str(error))
         if refused is None:
-            raise _unreadable(path, error) from None
+            detail = _UNPICKLER_ERROR.search(str(error))
+            raise _unreadable(path, detail.group(1) if detail else type(error).__name__) from None
         raise CheckpointError(
             path,
             f"holds a pickled object ({refused.group(1)}), which weights-only loading refuses",
             "save it again with tensors, containers and plain values only (as `clasp fit` does)",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, str(error).split(". ")[0].strip() or type(error).__name__) from None
     if not isinstance(loaded, dict):
         raise CheckpointError(
             path,
@@ -82,11 +86,11 @@ def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
     return loaded
 
 
-def _unreadable(path: Path, error: Exception) -> CheckpointError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _unreadable(path: Path, detail: str) -> CheckpointError:
+    """The error of a file that torch cannot read; ``detail`` is torch's reason, shortened."""
     return CheckpointError(
         path,
-        f"not a readable torch checkpoint ({first_line[:160]})",
+        f"not a readable torch checkpoint ({detail[:120]})",
         "the file is corrupt or truncated, or not a checkpoint: copy or train it again",
     )
 
@@ -166,7 +170,7 @@ def write_checkpoint(
     return path
 
 
-def find_checkpoint(run: str | Path) -> Path:
+def find_checkpoint(run: str | Path = PRETRAIN_RUN) -> Path:
     """The checkpoint of a run folder to evaluate when none is named: its best checkpoint
     (``best*.ckpt``, selected on the validation split), else its newest one.
 

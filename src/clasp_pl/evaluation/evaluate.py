@@ -115,10 +115,10 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     """
     ckpt, split = options.ckpt, options.split
     check_named_files(options)
-    keyword_config = load_keyword_config(options.keywords_file)
-    baseline = find_composition_baseline(ckpt, options.composition_ckpt, options.composition_run)
     settings = read_settings(ckpt)
     data_settings = settings.require_data()
+    keyword_config = load_keyword_config(options.keywords_file)
+    baseline = find_composition_baseline(ckpt, options.composition_ckpt, options.composition_run)
     out_dir = options.report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(ckpt, options.device, settings)
