@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import yaml
 from transformers import BertModel
 
-from clasp_pl.api import load_model
+from clasp_pl.api import load_model, text_max_length
+from clasp_pl.checkpoints import read_settings
 from clasp_pl.convert_official import ConversionError, convert, main
 from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
-from clasp_pl.evaluation.evaluate import checkpoint_data_hparams
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.text.sources import load_text_model, load_tokenizer
 from helpers.data import TINY_GRAPH, first_records
@@ -166,9 +166,9 @@ def test_converted_checkpoint_carries_the_papers_data_settings(
     """Title captions cut to 64 tokens (what `clasp eval` and load_model read), with the model's
     text and graph settings; a config's data section overrides the paper's."""
     _, out = converted
-    data = checkpoint_data_hparams(Path(out))
+    data = read_settings(out).require_data()
     assert data["caption_fields"] == ["title"] and data["max_length"] == 64
-    assert load_model(out).text_max_length == 64
+    assert text_max_length(load_model(out).hparams) == 64
     datamodule = CrystalTextDataModule(
         **{**data, "records": str(records_file), "cache_dir": str(tmp_path)}
     )
@@ -180,7 +180,7 @@ def test_converted_checkpoint_carries_the_papers_data_settings(
     other = tmp_path / "with_config.ckpt"
     argv = [str(official), str(other), "--text-model", "tiny-random", "--config", str(config)]
     assert main(argv) == 0
-    data = checkpoint_data_hparams(other)
+    data = read_settings(other).require_data()
     assert (data["max_length"], data["split_seed"], data["caption_fields"]) == (32, 3, ["title"])
 
 

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from clasp_pl.checkpoints import find_checkpoint, read_settings
 from clasp_pl.cli import main
 from clasp_pl.data.keywords import write_keywords
 from clasp_pl.data.records import CrystalRecord
-from clasp_pl.evaluation.evaluate import (
-    COMPOSITION_ROW,
-    DifferentSplitError,
-    SplitEmbeddings,
-    default_checkpoint,
-    evaluate,
-    hybrid_ranks,
-    split_lexical_scores,
-)
+from clasp_pl.evaluation.baselines import COMPOSITION_ROW, DifferentSplitError
+from clasp_pl.evaluation.evaluate import EvalOptions, evaluate
+from clasp_pl.evaluation.hybrid import hybrid_ranks
+from clasp_pl.evaluation.split import SplitEmbeddings, split_lexical_scores
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.search.hybrid import DEFAULT_ALPHA, load_alpha
+from clasp_pl.search.alpha_store import DEFAULT_ALPHA, load_alpha
 from helpers.data import REPO
 from helpers.lightning import save_lightning_checkpoint
 
@@ -81,7 +78,7 @@ def test_fit_writes_checkpoints_events_and_config(trained_run):
     assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
     assert list((trained_run / "runs").rglob("events.out.tfevents.*"))
     assert list((trained_run / "runs").rglob("config.yaml"))
-    assert default_checkpoint(trained_run / "runs/pretrain").name.startswith("best-")
+    assert find_checkpoint(trained_run / "runs/pretrain").name.startswith("best-")
     state = torch.load(trained_run / "runs/pretrain/checkpoints/last.ckpt", weights_only=True)
     assert "val/t2s_group_R@10" in json.dumps(list(state["callbacks"]))
 
@@ -89,7 +86,7 @@ def test_fit_writes_checkpoints_events_and_config(trained_run):
 def test_eval_writes_table_with_baselines_and_plots(trained_run):
     ckpt = trained_run / "runs/pretrain/checkpoints/last.ckpt"
     out = trained_run / "eval"
-    report = evaluate(ckpt, "test", out, KEYWORDS_YAML)
+    report = evaluate(EvalOptions(ckpt, "test", out, KEYWORDS_YAML))
     methods = report["methods"]
     alpha = report["hybrid_alpha"]
     assert set(methods) == {
@@ -119,13 +116,13 @@ def test_alpha_is_stored_per_checkpoint_file(trained_run):
     """A test-split evaluation stores α for that checkpoint file only: another checkpoint of the
     folder, or the same file overwritten since (like last.ckpt), gets the default."""
     folder = trained_run / "runs/pretrain/checkpoints"
-    ckpt = shutil.copy(folder / "last.ckpt", folder / "alpha-test.ckpt")
-    report = evaluate(ckpt, "test", trained_run / "eval-alpha", KEYWORDS_YAML)
+    ckpt = Path(shutil.copy(folder / "last.ckpt", folder / "alpha-test.ckpt"))
+    report = evaluate(EvalOptions(ckpt, "test", trained_run / "eval-alpha", KEYWORDS_YAML))
     stored = folder / "alpha-test.ckpt.alpha.json"
     assert report["hybrid_alpha_file"] == str(stored)
     assert load_alpha(ckpt) == (report["hybrid_alpha"], f"stored with the model ({stored})")
     assert not (folder / "alpha.json").exists()
-    best = default_checkpoint(trained_run / "runs/pretrain")
+    best = find_checkpoint(trained_run / "runs/pretrain")
     assert load_alpha(best)[0] == DEFAULT_ALPHA and "no best-" in load_alpha(best)[1]
     state = torch.load(ckpt, weights_only=True)
     torch.save({**state, "global_step": state["global_step"] + 1}, ckpt)  # overwritten in place
@@ -137,14 +134,15 @@ def test_alpha_is_stored_per_checkpoint_file(trained_run):
 
 def test_val_split_labels_the_hybrid_in_sample_and_stores_no_alpha(trained_run):
     folder = trained_run / "runs/pretrain/checkpoints"
-    ckpt = shutil.copy(folder / "last.ckpt", folder / "val-only.ckpt")
-    report = evaluate(ckpt, "val", trained_run / "eval-val", KEYWORDS_YAML)
+    ckpt = Path(shutil.copy(folder / "last.ckpt", folder / "val-only.ckpt"))
+    report = evaluate(EvalOptions(ckpt, "val", trained_run / "eval-val", KEYWORDS_YAML))
     alpha = report["hybrid_alpha"]
     assert f"hybrid: CLaSP + {alpha:g} x lexical (α from val, in-sample)" in report["methods"]
     assert report["hybrid_alpha_file"] is None
     assert not list(folder.glob("val-only*.json"))
-    other_captions = ["title", "abstract"]  # not the checkpoint's own ([title])
-    report = evaluate(ckpt, "test", trained_run / "eval-other", caption_fields=other_captions)
+    other_captions = ("title", "abstract")  # not the checkpoint's own ([title])
+    options = EvalOptions(ckpt, "test", trained_run / "eval-other", caption_fields=other_captions)
+    report = evaluate(options)
     assert report["hybrid_alpha_file"] is None
 
 
@@ -171,7 +169,7 @@ def test_keyword_captions_come_from_the_checkpoints_keywords_file(
         keywords=str(keywords),
         caption_fields=["keywords"],
     )
-    report = evaluate(ckpt, "test", trained_run / "eval-keywords", KEYWORDS_YAML)
+    report = evaluate(EvalOptions(ckpt, "test", trained_run / "eval-keywords", KEYWORDS_YAML))
     formulas = [r.composition.reduced_formula for r in real_records]
     assert max(formulas.count(f) for f in formulas) <= 10
     assert report["methods"][LEXICAL]["t2s_pair_R@10"] == 1.0
@@ -181,14 +179,13 @@ def composition_checkpoint_file(trained_run: Path, name: str, **data_changes) ->
     """An (untrained) composition-only checkpoint with the pretraining run's data settings
     updated by ``data_changes``, under ``runs/composition/checkpoints/``."""
     source = trained_run / "runs/pretrain/checkpoints/last.ckpt"
-    hparams = torch.load(source, weights_only=True)["hyper_parameters"]
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's
+    hparams = read_settings(source).model  # LightningCLI's private entries left out
     module = CLaSPModule(**{**hparams, "crystal_encoder": "composition"})
     path = save_lightning_checkpoint(module, trained_run / f"runs/composition/checkpoints/{name}")
     return with_data_settings(source, path, composition_features=True, **data_changes)
 
 
-def test_composition_baseline_of_other_records(trained_run, monkeypatch, capsys):
+def test_composition_baseline_of_other_records(trained_run, monkeypatch, caplog):
     """Found automatically under runs/composition: a baseline of other records, or split
     differently, is left out with a warning; named with --composition-ckpt it is an error; one
     of the same split is a row."""
@@ -200,8 +197,9 @@ def test_composition_baseline_of_other_records(trained_run, monkeypatch, capsys)
         ({"split_seed": 1}, "was trained on another split or dataset"),
     ]:
         other = composition_checkpoint_file(trained_run, "best-other.ckpt", **changes)
+        caplog.clear()
         assert main(automatic) == 0
-        assert reason in capsys.readouterr().err
+        assert reason in caplog.text
         methods = json.loads((trained_run / "eval-auto/metrics.json").read_text())["methods"]
         assert COMPOSITION_ROW not in methods and "CLaSP (this checkpoint)" in methods
 
@@ -215,17 +213,19 @@ def test_composition_baseline_of_other_records(trained_run, monkeypatch, capsys)
     shutil.rmtree(trained_run / "runs/composition")
 
 
-def test_named_files_must_exist_and_absent_defaults_are_noted(trained_run, monkeypatch, capsys):
+def test_named_files_must_exist_and_absent_defaults_are_noted(
+    trained_run, monkeypatch, capsys, caplog
+):
     monkeypatch.chdir(trained_run)  # no conf/ nor runs/composition/ here
+    caplog.set_level(logging.INFO)
     ckpt = str(trained_run / "runs/pretrain/checkpoints/last.ckpt")
     for option in ("--keywords", "--composition-ckpt"):
         assert main(["eval", "--ckpt", ckpt, option, "missing.file"]) == 2
         assert f"{option} missing.file: no such file" in capsys.readouterr().err
     assert not (trained_run / "runs/pretrain/eval-test").exists()  # failed before any work
     assert main(["eval", "--ckpt", ckpt, "--out", "eval-defaults"]) == 0
-    out = capsys.readouterr().out
-    assert "conf/eval/amcsd_keywords.yaml not found" in out
-    assert "no checkpoint under runs/composition/" in out
+    assert "conf/eval/amcsd_keywords.yaml not found" in caplog.text
+    assert "no checkpoint under runs/composition/" in caplog.text
     assert not (trained_run / "eval-defaults/screening.md").exists()
 
 
@@ -246,7 +246,7 @@ def test_lexical_baseline_ranks_a_formula_title_first():
     ]
     captions = [r.title for r in records]
     split = SplitEmbeddings(
-        torch.zeros(3, 1), torch.zeros(3, 1), torch.arange(3), records, captions
+        torch.zeros(3, 1), torch.zeros(3, 1), torch.arange(3), torch.arange(3), records, captions
     )
     pair, _ = hybrid_ranks(split, split_lexical_scores(split), 1.0, learned=False)["t2s"]
     assert pair[:2].tolist() == [1, 1]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from clasp_pl.checkpoints import CheckpointError
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.labels import CRYSTAL_SYSTEMS
 from clasp_pl.data.property_datamodule import PropertyDataModule
@@ -69,7 +70,7 @@ def test_settings_that_contradict_the_checkpoint_are_refused(tmp_path):
         PropertyModule(init_from=str(path), crystal=CGCNNConfig())
     with pytest.raises(ValueError, match=r"radius=8.0 \(checkpoint: 5.0\)"):
         PropertyModule(init_from=str(path), graph=GraphConfig())
-    with pytest.raises(FileNotFoundError, match="init_from"):
+    with pytest.raises(CheckpointError, match="no such file"):
         PropertyModule(init_from=str(tmp_path / "missing.ckpt"))
 
 

@@ -7,7 +7,7 @@ import torch
 from pymatgen.core import Composition
 
 from clasp_pl.search.lexical import (
-    N_ELEMENTS,
+    N_MATCHED_ELEMENTS,
     LexicalIndex,
     element_vector,
     explain,
@@ -84,7 +84,7 @@ def test_mentioned_elements_sources() -> None:
 
 def test_element_vector_and_formula_key() -> None:
     vector = element_vector(["H", "Lr", "Og"])  # Og (Z=118) is out of range, ignored
-    assert vector.shape == (N_ELEMENTS,) and vector.sum() == 2 and vector[0] and vector[102]
+    assert vector.shape == (N_MATCHED_ELEMENTS,) and vector.sum() == 2 and vector[0] and vector[102]
     assert formula_key(Composition("Fe2O3")) == formula_key(Composition("Fe4O6"))
     assert formula_key(Composition("Fe2O3")) != formula_key(Composition("Fe3O4"))
 

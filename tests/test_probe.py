@@ -19,6 +19,7 @@ from clasp_pl.data.labels import MINERAL_CLASSES, mineral_class_of
 from clasp_pl.data.property_datamodule import PropertyDataModule
 from clasp_pl.data.records import write_records
 from clasp_pl.evaluation.probe import (
+    ProbeOptions,
     constant_scores,
     encode_features,
     probe_scores,
@@ -61,15 +62,18 @@ def test_mineral_class_rules(formula, expected):
     assert expected in MINERAL_CLASSES
 
 
-def test_mineral_class_labels_of_the_default_data(records_file, real_records, tmp_path):
+def mineral_class_data(records: Path, cache_dir: Path) -> PropertyDataModule:
+    """The mineral-class property data of ``records`` on tiny graphs, set up."""
     dm = PropertyDataModule(
-        records=str(records_file),
-        target="mineral_class",
-        cache_dir=str(tmp_path / "cache"),
-        graph=TINY_GRAPH,
+        records=str(records), target="mineral_class", cache_dir=str(cache_dir), graph=TINY_GRAPH
     )
     dm.prepare_data()
     dm.setup()
+    return dm
+
+
+def test_mineral_class_labels_of_the_default_data(records_file, real_records, tmp_path):
+    dm = mineral_class_data(records_file, tmp_path / "cache")
     assert dm.task == "classification"
     expected = [MINERAL_CLASSES.index(mineral_class_of(r.composition)) for r in real_records]
     np.testing.assert_array_equal(dm.targets, expected)
@@ -104,13 +108,7 @@ def test_probe_folds_keep_papers_on_one_side():
 
 
 def test_batch_norm_recalibration_changes_statistics_not_weights(records_file, tmp_path):
-    dm = PropertyDataModule(
-        records=str(records_file),
-        target="mineral_class",
-        cache_dir=str(tmp_path / "cache"),
-        graph=TINY_GRAPH,
-    )
-    dm.setup()
+    dm = mineral_class_data(records_file, tmp_path / "cache")
     like = PropertyModule(
         task="classification",
         num_classes=len(MINERAL_CLASSES),
@@ -179,11 +177,13 @@ def test_pretrained_encoder_beats_random_init_on_a_linear_probe(tmp_path):
 
     rows = run_probe(
         checkpoint,
-        target="mineral_class",
-        records=records,
-        cache_dir=tmp_path / "cache",
-        random_seeds=(0, 1),
-        folds=5,
+        ProbeOptions(
+            target="mineral_class",
+            records=records,
+            cache_dir=tmp_path / "cache",
+            random_seeds=(0, 1),
+            folds=5,
+        ),
     )
     scores = {row.encoder: np.array(row.fold_scores) for row in rows}
     pretrained = scores.pop("pretrained (CLaSP)")
@@ -216,11 +216,13 @@ def test_regression_probe_reports_mae_against_the_training_mean(perov_records, t
     """perov_5 formation heat (eV/atom): ridge probes on tower features beat the mean."""
     rows = run_probe(
         tiny_checkpoint(tmp_path / "tiny.ckpt"),
-        target="heat_ref",
-        records=perov_records,
-        cache_dir=tmp_path / "cache",
-        random_seeds=(0,),
-        folds=3,
+        ProbeOptions(
+            target="heat_ref",
+            records=perov_records,
+            cache_dir=tmp_path / "cache",
+            random_seeds=(0,),
+            folds=3,
+        ),
     )
     assert [row.encoder for row in rows][0] == "training mean"
     assert all(row.metric == "MAE" for row in rows)

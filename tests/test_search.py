@@ -18,23 +18,18 @@ import torch
 from pymatgen.core import Composition, Element
 from torch.utils.data import DataLoader
 
-from clasp_pl.api import embed_structures, embed_texts, load_model, score
+from clasp_pl.api import embed_structures, embed_texts, load_model, score, text_max_length
 from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
 from clasp_pl.data.records import read_records
+from clasp_pl.evaluation.hybrid import ALPHA_GRID, choose_alpha
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.search import commands
+from clasp_pl.search.alpha_store import load_alpha, save_alpha
 from clasp_pl.search.commands import embed_main, search_main
-from clasp_pl.search.hybrid import (
-    ALPHA_GRID,
-    choose_alpha,
-    hybrid_search,
-    lexical_index,
-    load_alpha,
-    save_alpha,
-)
+from clasp_pl.search.hybrid import hybrid_search, lexical_index
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
 from clasp_pl.text.config import TextConfig
@@ -205,11 +200,11 @@ def test_chunked_search_equals_full_matrix_product(tmp_path):
 
 def test_api_embeds_records_and_structures_alike_in_input_order(ckpt, cod_records, tmp_path):
     model = load_model(ckpt)
-    assert model.text_max_length == 256 and not model.training
+    assert text_max_length(model.hparams) == 256 and not model.training
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["datamodule_hyper_parameters"] = {"max_length": 32}
     torch.save(checkpoint, tmp_path / "with_data.ckpt")
-    assert load_model(tmp_path / "with_data.ckpt").text_max_length == 32
+    assert text_max_length(load_model(tmp_path / "with_data.ckpt").hparams) == 32
     assert embed_texts(model, []).shape == (0, 16)
     from_records = embed_structures(model, cod_records[:4], batch_size=3)
     structures = [r.to_structure() for r in cod_records[:4]]
@@ -272,6 +267,20 @@ def test_embed_loads_the_model_before_the_ingest(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="cannot load"):
         embed_main(["--ckpt", str(bad), *argv])
     assert not out.exists()
+
+
+def test_embed_and_search_name_a_corrupt_checkpoint_and_stop(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "index"
+    argv = ["--ckpt", str(bad), "--input", str(shared_path(COD)), "--out", str(out)]
+    assert embed_main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+    write_index(tmp_path / "tiny", torch.eye(2), [{"id": "a"}, {"id": "b"}], {"checkpoint": "x"})
+    argv = ["--index", str(tmp_path / "tiny"), "--ckpt", str(bad), "--device", "cpu", "NaCl"]
+    assert search_main(argv) == 2
+    assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

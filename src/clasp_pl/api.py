@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pymatgen.core import Structure
 from torch import Tensor
 
+from clasp_pl.checkpoints import CheckpointSettings, read_settings
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
@@ -34,21 +36,39 @@ from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import encode_captions, pad_token_ids
 
 DEFAULT_MAX_LENGTH = 256
-"""Caption truncation (tokens) for models whose checkpoint does not record the data module's."""
+"""Caption truncation (tokens) for models whose checkpoint does not record one."""
 
 
-def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> CLaSPModule:
+def text_max_length(
+    hparams: Mapping[str, Any], data_settings: Mapping[str, Any] | None = None
+) -> int:
+    """The caption truncation (tokens) a model was trained with: its ``text_max_length``
+    hyper-parameter when it has one, else the data module's ``max_length`` recorded in its
+    checkpoint (``data_settings``), else :data:`DEFAULT_MAX_LENGTH`."""
+    value = hparams.get("text_max_length") or (data_settings or {}).get("max_length")
+    return int(value or DEFAULT_MAX_LENGTH)
+
+
+def load_model(
+    ckpt: str | Path,
+    device: str | torch.device = "cpu",
+    settings: CheckpointSettings | None = None,
+) -> CLaSPModule:
     """A trained :class:`CLaSPModule` in eval mode on ``device``.
 
-    The caption truncation the model was trained with (the data module's ``max_length`` when
-    the checkpoint records it, else :data:`DEFAULT_MAX_LENGTH`) is kept as the model's
-    ``text_max_length`` attribute, which :func:`embed_texts` uses.
+    Its hyper-parameters hold ``text_max_length`` (:func:`text_max_length`), which
+    :func:`embed_texts` uses.
+
+    Args:
+        settings: the checkpoint's settings when the caller has read them already
+            (:func:`~clasp_pl.checkpoints.read_settings`).
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or refused by weights-only loading.
     """
-    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device)
-    # Memory-mapped, so only the small hyper-parameter dict is read, not the weights again.
-    checkpoint = torch.load(ckpt, map_location="cpu", mmap=True)
-    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
-    model.text_max_length = int(data_hparams.get("max_length", DEFAULT_MAX_LENGTH))
+    settings = settings or read_settings(ckpt)
+    model = CLaSPModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    model.hparams["text_max_length"] = text_max_length(model.hparams, settings.data)
     return model.eval()
 
 
@@ -74,14 +94,14 @@ def embed_texts(
     """Text embeddings ``[N, D]`` of ``N`` texts, in input order.
 
     Texts are tokenized with the model's text tokenizer, truncated to ``max_length`` tokens
-    (default: the model's ``text_max_length``, see :func:`load_model`, else 256) and run in
+    (default: the model's, :func:`text_max_length`) and run in
     batches of similar length (sorted by token count) to minimise padding.
     """
     out = torch.empty(len(texts), embed_dim(model), device=model.device)
     if not texts:
         return out
     tokenizer = _tokenizer(model.text_tower.text_model_name)
-    max_length = max_length or getattr(model, "text_max_length", DEFAULT_MAX_LENGTH)
+    max_length = max_length or text_max_length(model.hparams)
     token_ids = encode_captions(tokenizer, texts, max_length)  # as the caption caches do
     order = sorted(range(len(token_ids)), key=lambda row: len(token_ids[row]))
     for start in range(0, len(order), batch_size):

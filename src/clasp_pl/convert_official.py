@@ -65,11 +65,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 import yaml
 from torch import Tensor, nn
 
+from clasp_pl.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.clasp import CLaSPModule
 
@@ -87,9 +87,14 @@ class ConversionError(ValueError):
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of an official Lightning checkpoint (or of a bare state-dict file)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    """The state dict of an official Lightning checkpoint (or of a bare state-dict file).
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or refused by weights-only loading.
+        ConversionError: it holds neither a Lightning checkpoint nor a state dict.
+    """
+    checkpoint = read_checkpoint(path, mmap=False)
+    state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConversionError(f"{path}: neither a Lightning checkpoint nor a state dict")
     return state
@@ -354,23 +359,20 @@ def data_hparams(module: CLaSPModule, config: Mapping[str, Any]) -> dict[str, An
     return data
 
 
-def save_lightning_checkpoint(
+def save_converted_checkpoint(
     module: CLaSPModule, out: str | Path, notes: list[str], data: Mapping[str, Any]
-) -> None:
+) -> Path:
     """Write a checkpoint that ``CLaSPModule.load_from_checkpoint(out)`` restores, with the
-    data-module settings ``data`` (:func:`data_hparams`)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-        "datamodule_hyper_parameters": dict(data),
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 0,
-        "converted_from_official": notes,
-    }
-    torch.save(checkpoint, out)
+    data-module settings ``data`` (:func:`data_hparams`) and the conversion ``notes``."""
+    return write_checkpoint(
+        out,
+        module.state_dict(),
+        dict(module.hparams),
+        data,
+        epoch=0,
+        global_step=0,
+        converted_from_official=notes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         module, notes = convert(
             load_official_state_dict(args.ckpt), config=config, text_model=args.text_model
         )
-    except ConversionError as error:
+    except (CheckpointError, ConversionError) as error:
         print(f"error: cannot convert {args.ckpt}: {error}", file=sys.stderr)
         return 2
-    save_lightning_checkpoint(module, args.out, notes, data_hparams(module, config or {}))
+    save_converted_checkpoint(module, args.out, notes, data_hparams(module, config or {}))
     print(f"converted {args.ckpt} → {args.out}")
     print("\n".join(f"  {note}" for note in notes))
     return 0

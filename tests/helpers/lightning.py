@@ -1,11 +1,12 @@
-"""Lightning helpers for tests: a quiet CPU trainer and a minimal checkpoint writer."""
+"""Lightning helpers for tests: a quiet CPU trainer and a minimal checkpoint writer (the package's own)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
-import torch
+
+from clasp_pl.checkpoints import write_checkpoint
 
 
 def quiet_trainer(max_epochs: int | None = None, max_steps: int = -1) -> L.Trainer:
@@ -24,11 +25,4 @@ def quiet_trainer(max_epochs: int | None = None, max_steps: int = -1) -> L.Train
 
 def save_lightning_checkpoint(module: L.LightningModule, path: Path) -> Path:
     """A minimal Lightning checkpoint (what ``load_from_checkpoint`` and ``init_from`` read)."""
-    checkpoint = {
-        "pytorch-lightning_version": L.__version__,
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
-    return path
+    return write_checkpoint(path, module.state_dict(), dict(module.hparams))

@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-ExtraScores = Callable[[slice], Tensor]
+QueryRowScores = Callable[[slice], Tensor]
+"""``f(query rows) -> [len(rows), Nt]``: scores added to the dot products of a block of queries
+with all ``Nt`` targets (blocks of queries, where index search takes blocks of targets)."""
 
 
 def retrieval_metrics(
@@ -40,7 +42,7 @@ def retrieval_metrics(
     pair_index: Tensor,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
-    extra_scores: ExtraScores | None = None,
+    extra_scores: QueryRowScores | None = None,
 ) -> dict[str, float]:
     """Pair and group Recall@k, mean/median rank and MRR of queries against targets.
 
@@ -72,7 +74,7 @@ def retrieval_ranks(
     target_groups: Tensor,
     pair_index: Tensor,
     chunk_size: int = 1024,
-    extra_scores: ExtraScores | None = None,
+    extra_scores: QueryRowScores | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The 1-based pair and group rank of every query, ``([Nq], [Nq])`` int64.
 
@@ -142,8 +144,8 @@ def bidirectional_ranks(
     text_emb: Tensor,
     groups: Tensor,
     chunk_size: int = 1024,
-    extra_t2s: ExtraScores | None = None,
-    extra_s2t: ExtraScores | None = None,
+    extra_t2s: QueryRowScores | None = None,
+    extra_s2t: QueryRowScores | None = None,
 ) -> BidirectionalRanks:
     """Pair and group ranks in both directions for aligned pairs.
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from clasp_pl.checkpoints import find_checkpoint
 from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.data.labels import MINERAL_CLASS
 from clasp_pl.data.property_datamodule import (
@@ -53,7 +54,6 @@ from clasp_pl.data.property_datamodule import (
     num_classes_of,
     task_of,
 )
-from clasp_pl.evaluation.evaluate import default_checkpoint
 from clasp_pl.models.finetune import PropertyModule
 
 
@@ -183,29 +183,48 @@ def constant_scores(
     return np.asarray(scores)
 
 
-def run_probe(
-    checkpoint: str | Path,
-    target: str = MINERAL_CLASS,
-    records: str | Path = DEFAULT_RECORDS,
-    cache_dir: str | Path = "data/cache",
-    random_seeds: Iterable[int] = (0, 1, 2),
-    raw_random: bool = False,
-    head: bool = False,
-    folds: int = 5,
-    strength: float = 1.0,
-    batch_size: int = 256,
-    workers: int = 1,
-) -> list[ProbeRow]:
+@dataclass(frozen=True)
+class ProbeOptions:
+    """The probe protocol's settings (the options of ``clasp probe``).
+
+    Attributes:
+        target: label of the structures (``mineral_class``, ``crystal_system``, or a numeric
+            meta key of the records such as ``heat_ref``).
+        records: records file whose structures are probed.
+        cache_dir: where their crystal graphs are cached.
+        random_seeds: one randomly initialised baseline encoder per seed.
+        raw_random: also probe the random encoders without batch-norm recalibration.
+        head: probe CLaSP's projection embedding instead of the tower's pooled output.
+        folds: k of the k-fold split by paper (at most the number of papers).
+        strength: logistic ``C`` / ridge ``alpha`` (L2, on standardised features).
+        batch_size: structures per forward pass.
+        workers: processes building the caches.
+    """
+
+    target: str = MINERAL_CLASS
+    records: Path = Path(DEFAULT_RECORDS)
+    cache_dir: Path = Path("data/cache")
+    random_seeds: Sequence[int] = (0, 1, 2)
+    raw_random: bool = False
+    head: bool = False
+    folds: int = 5
+    strength: float = 1.0
+    batch_size: int = 256
+    workers: int = 1
+
+
+def run_probe(checkpoint: str | Path, options: ProbeOptions = ProbeOptions()) -> list[ProbeRow]:
     """Probe the pretrained encoder of ``checkpoint`` and its baselines (module docstring) on
-    ``target`` of the structures in ``records``; one :class:`ProbeRow` per encoder."""
-    pretrained = pretrained_encoder(checkpoint, target, head)
+    the target of the structures of ``options.records``; one :class:`ProbeRow` per encoder."""
+    target, records, batch_size = options.target, options.records, options.batch_size
+    pretrained = pretrained_encoder(checkpoint, target, options.head)
     data = PropertyDataModule(
         records=str(records),
         target=target,
-        cache_dir=str(cache_dir),
+        cache_dir=str(options.cache_dir),
         graph=pretrained.hparams.graph,
         eval_batch_size=batch_size,
-        prepare_workers=workers,
+        prepare_workers=options.workers,
     )
     data.prepare_data()
     data.setup()
@@ -214,7 +233,7 @@ def run_probe(
     if data.task == "classification":
         targets = targets.astype(np.int64)
     groups = dataset.graphs.field("group_id")[dataset.item_ids]
-    folds = min(folds, len(np.unique(groups)))
+    folds = min(options.folds, len(np.unique(groups)))
     if folds < 2:
         raise ValueError(f"a probe needs structures from at least 2 papers, {records} has fewer")
 
@@ -223,9 +242,9 @@ def run_probe(
         return tqdm(loader, desc=desc, unit="batch", leave=False)
 
     encoders = [("pretrained (CLaSP)", pretrained, False)]
-    for seed in random_seeds:
+    for seed in options.random_seeds:
         encoders.append((f"random init (seed {seed})", random_encoder(pretrained, seed), True))
-        if raw_random:
+        if options.raw_random:
             encoders.append(
                 (
                     f"random init, no BN recalibration (seed {seed})",
@@ -245,12 +264,12 @@ def run_probe(
         if calibrate:
             recalibrate_batch_norm(model, batches(f"{name}: batch-norm statistics"))
         features = encode_features(model, batches(f"{name}: features"))
-        scores = probe_scores(features, targets, groups, data.task, folds, strength)
+        scores = probe_scores(features, targets, groups, data.task, folds, options.strength)
         rows.append(ProbeRow(name, metric, scores.tolist()))
     return rows
 
 
-def format_table(rows: list[ProbeRow], title: str) -> str:
+def probe_table(rows: list[ProbeRow], title: str) -> str:
     """A Markdown table of probe rows: mean ± sd over folds and the per-fold scores."""
     lines = [
         f"### {title}",
@@ -298,26 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/probe-<target>)")
     args = parser.parse_args(argv)
 
-    checkpoint = args.ckpt or default_checkpoint()
-    rows = run_probe(
-        checkpoint,
-        target=args.target,
-        records=args.records,
-        cache_dir=args.cache_dir,
-        random_seeds=args.random_seeds,
-        raw_random=args.raw_random,
-        head=args.head,
-        folds=args.folds,
-        strength=args.strength,
-        batch_size=args.batch_size,
-        workers=args.workers,
-    )
+    checkpoint = args.ckpt or find_checkpoint()
+    options = ProbeOptions(**{f.name: getattr(args, f.name) for f in fields(ProbeOptions)})
+    rows = run_probe(checkpoint, options)
     features = "projection head" if args.head else "tower"
     title = (
         f"Linear probe of {args.target} on {args.records.name}: {checkpoint.name} ({features} "
         f"features), {len(rows[0].fold_scores)}-fold by group (paper)"
     )
-    table = format_table(rows, title)
+    table = probe_table(rows, title)
     out = args.out or checkpoint.parent.parent / f"probe-{args.target}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.md").write_text(table, encoding="utf-8")

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from clasp_pl.checkpoints import read_checkpoint
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import GraphBatch, PairBatch
 from clasp_pl.data.graphs import GraphConfig
@@ -107,7 +108,7 @@ class CLaSPModule(L.LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         crystal_encoder: Literal["cgcnn", "composition"] = "cgcnn",
-        text_max_length: int = 256,
+        text_max_length: int | None = None,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -149,7 +150,7 @@ class CLaSPModule(L.LightningModule):
         Raises:
             ValueError: naming every tensor that is missing, unexpected or of another shape.
         """
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(ckpt, mmap=False)
         self.restore_omitted_text_weights(checkpoint, ckpt)
         source = checkpoint["state_dict"]
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("loss_fn.")}

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clasp_pl.checkpoints import read_checkpoint
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import GraphBatch, PropertyBatch
 from clasp_pl.data.graphs import GraphConfig
@@ -51,9 +52,7 @@ def _differences(wanted, found, ignore: frozenset[str] = frozenset()) -> list[st
 def read_clasp_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Hyper-parameters and state dict of a CLaSP Lightning checkpoint (``.ckpt``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CLaSP checkpoint {path} not found (init_from)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, mmap=False)
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint of a CLaSPModule")
     return dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]

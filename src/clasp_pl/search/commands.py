@@ -39,6 +39,7 @@ from clasp_pl.api import (
     graph_config,
     load_model,
 )
+from clasp_pl.checkpoints import CheckpointError
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.ingest import (
     IngestOptions,
@@ -51,8 +52,10 @@ from clasp_pl.data.ingest import (
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.rejects import Reject
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.search.hybrid import Hits, explain_hit, hybrid_search, lexical_index, load_alpha
-from clasp_pl.search.index import EmbeddingIndex, describe_model, record_meta, write_index
+from clasp_pl.search.alpha_store import load_alpha
+from clasp_pl.search.hybrid import Hits, explain_hit, hybrid_search, lexical_index
+from clasp_pl.search.index import EmbeddingIndex, describe_model, write_index
+from clasp_pl.search.meta import record_meta
 
 RECORDS = "records.jsonl.gz"
 REJECTS = "rejects.jsonl"
@@ -101,7 +104,11 @@ def embed_main(argv: list[str] | None = None) -> int:
     if not Path(args.ckpt).is_file():
         print(f"error: no such checkpoint: {args.ckpt}", file=sys.stderr)
         return 2
-    model = load_model(args.ckpt, args.device)  # before the ingest: a bad checkpoint fails fast
+    try:  # before the ingest: a bad checkpoint fails fast
+        model = load_model(args.ckpt, args.device)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     ingest = ingest_folder if Path(args.input).is_dir() else ingest_table
     summary = ingest(
@@ -234,7 +241,7 @@ def result_rows(
     return out
 
 
-def format_table(query: str, hits: list[dict[str, Any]]) -> str:
+def hits_table(query: str, hits: list[dict[str, Any]]) -> str:
     """A fixed-width ranked table of one query's hits."""
     lines = [f"query: {query}"]
     header = f"{'rank':>4}  {'score':>7}  {'id':<12} {'formula':<14} {'space group':<12} "
@@ -281,11 +288,11 @@ def search_main(argv: list[str] | None = None) -> int:
     index = EmbeddingIndex(args.index, args.device)
     ckpt = args.ckpt or index.info["checkpoint"]
     queries = read_queries(args.queries) if args.queries else [args.query]
-    model = load_model(ckpt, args.device)
-    alpha, alpha_source = resolve_alpha(args, ckpt)
     try:
+        model = load_model(ckpt, args.device)
+        alpha, alpha_source = resolve_alpha(args, ckpt)
         query_emb, texts = embed_queries(model, queries, args.batch_size)
-    except ValueError as error:
+    except (CheckpointError, ValueError) as error:  # a bad checkpoint, an unreadable query CIF
         print(f"error: {error}", file=sys.stderr)
         return 2
     lexical = lexical_index(index.meta) if alpha > 0 and any(texts) else None
@@ -306,5 +313,5 @@ def search_main(argv: list[str] | None = None) -> int:
             print("structure query: score = cosine similarity of the crystal embeddings")
         else:
             print(f"alpha {alpha:g}: {alpha_source}; score = cosine + alpha * lexical")
-        print(format_table(results[0]["query"], results[0]["hits"]))
+        print(hits_table(results[0]["query"], results[0]["hits"]))
     return 0

@@ -1,32 +1,70 @@
-"""Hybrid search: learned cosine similarity plus ``alpha`` times a lexical chemistry score.
+"""Hybrid score: learned cosine similarity plus ``alpha`` times a lexical chemistry score.
 
 ``score(query, structure) = cosine + alpha * lexical``, where ``lexical`` in [0, 1] is
 :class:`~clasp_pl.search.lexical.LexicalIndex`'s score of the query text against the structure's
-composition (1 for the exact reduced formula, less for shared elements). ``alpha`` is chosen on a
-validation split by :func:`choose_alpha` (text-to-structure group Recall@10) and stored next to
-the checkpoint, one file per checkpoint (``last.ckpt`` -> ``last.ckpt.alpha.json``) with the
-checkpoint's sha256 prefix (:func:`save_alpha`); :func:`load_alpha` reads it back only for that
-same checkpoint file, so a checkpoint overwritten since (``last.ckpt``) gets the default.
+composition (1 for the exact reduced formula, less for shared elements).
+:class:`LexicalTerm` is the one place where the ``alpha * lexical`` term is formed, for search
+over an index (:func:`hybrid_search`) and for the ranks and the choice of ``alpha`` in
+``clasp eval`` (:mod:`clasp_pl.evaluation.hybrid`). The ``alpha`` of a checkpoint is stored
+beside it (:mod:`clasp_pl.search.alpha_store`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 from pymatgen.core import Composition
 from torch import Tensor
 
-from clasp_pl.evaluation.metrics import retrieval_ranks, summarise_ranks
-from clasp_pl.search.index import SCORE_BUDGET, EmbeddingIndex, checkpoint_sha256
+from clasp_pl.search.index import SCORE_BUDGET, EmbeddingIndex
 from clasp_pl.search.lexical import LexicalIndex, explain
 
-DEFAULT_ALPHA = 0.1
-ALPHA_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-ALPHA_SUFFIX = ".alpha.json"
+
+@dataclass(frozen=True)
+class LexicalTerm:
+    """The ``alpha * lexical`` part of the hybrid scores of ``Q`` query texts against ``N``
+    targets (structures), added to the cosine similarities wherever those are scored.
+
+    Attributes:
+        lexical: ``[Q, N]`` lexical scores in [0, 1] (:meth:`LexicalIndex.scores`).
+        alpha: weight of the lexical score.
+    """
+
+    lexical: Tensor
+    alpha: float
+
+    def of_query_rows(self, rows: slice) -> Tensor:
+        """``[len(rows), N]``: the term of a block of queries (the extra scores of
+        :func:`~clasp_pl.evaluation.metrics.retrieval_ranks`)."""
+        return self.alpha * self.lexical[rows]
+
+    def of_target_rows(self, rows: slice) -> Tensor:
+        """``[Q, len(rows)]``: the term of a block of targets (the extra scores of
+        :func:`~clasp_pl.search.index.topk_search`)."""
+        return self.alpha * self.lexical[:, rows]
+
+    def transposed(self) -> LexicalTerm:
+        """The term with targets as queries (``[N, Q]``: structure queries against texts)."""
+        return LexicalTerm(self.lexical.T, self.alpha)
+
+    def parts(self, scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cosine, lexical)``, each ``[Q, k]``: the two parts of the hybrid ``scores
+        [Q, k]`` of the targets ``indices [Q, k]``."""
+        lexical = self.lexical.gather(1, indices)
+        return scores - self.alpha * lexical, lexical
+
+
+def lexical_blocks(
+    lexical: LexicalIndex, texts: Sequence[str], block: int, like: Tensor
+) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, [len(rows), N] lexical scores)`` of consecutive blocks of ``block`` query
+    texts, on ``like``'s device and in its dtype (a block's scores are computed once, however
+    many times they are used)."""
+    for start in range(0, len(texts), block):
+        rows = slice(start, start + block)
+        yield rows, lexical.scores(texts[rows]).to(like.device, like.dtype)
 
 
 @dataclass
@@ -79,15 +117,10 @@ def hybrid_search(
     texts = [text or "" for text in query_texts]
     block = max(1, SCORE_BUDGET // max(len(index), 1))
     parts = []
-    for start in range(0, len(texts), block):
-        lex = lexical.scores(texts[start : start + block]).to(query_emb.device, query_emb.dtype)
-        scores, indices = index.search(
-            query_emb[start : start + block],
-            k,
-            extra_scores=lambda rows, lex=lex: alpha * lex[:, rows],
-        )
-        lexical_part = lex.gather(1, indices)
-        parts.append(Hits(indices, scores, scores - alpha * lexical_part, lexical_part))
+    for rows, lex in lexical_blocks(lexical, texts, block, query_emb):
+        term = LexicalTerm(lex, alpha)
+        scores, indices = index.search(query_emb[rows], k, extra_scores=term.of_target_rows)
+        parts.append(Hits(indices, scores, *term.parts(scores, indices)))
     return Hits(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Hits)))
 
 
@@ -98,81 +131,3 @@ def explain_hit(query_text: str | None, formula: str, lexical: float, alpha: flo
     if query_text and alpha > 0 and lexical > 0:
         parts.append(explain(query_text, Composition(formula)))
     return parts
-
-
-def choose_alpha(
-    text_emb: Tensor,
-    crystal_emb: Tensor,
-    texts: Sequence[str],
-    lexical: LexicalIndex,
-    groups: Tensor,
-    grid: Sequence[float] = ALPHA_GRID,
-    chunk_size: int = 1024,
-) -> tuple[float, dict[float, float]]:
-    """The ``alpha`` of ``grid`` with the best text-to-structure group Recall@10.
-
-    Args:
-        text_emb: ``[N, D]`` text embeddings of the validation pairs (the queries).
-        crystal_emb: ``[N, D]`` structure embeddings of the same pairs (the targets).
-        texts: ``[N]`` the query texts (for the lexical score).
-        lexical: lexical index over the ``N`` structures' compositions.
-        groups: ``[N]`` int64 paper id of each pair.
-        grid: candidate values; ties go to the earlier one.
-        chunk_size: queries scored at once (their lexical scores are computed once for all
-            values of the grid).
-
-    Returns:
-        ``(best alpha, {alpha: group R@10})``.
-    """
-    pair_index = torch.arange(len(texts))
-    ranks: dict[float, list[Tensor]] = {alpha: [] for alpha in grid}
-    for start in range(0, len(texts), chunk_size):
-        rows = slice(start, start + chunk_size)
-        lex = lexical.scores(texts[rows]).to(text_emb.dtype)
-        for alpha in grid:
-            _, group_ranks = retrieval_ranks(
-                text_emb[rows],
-                crystal_emb,
-                groups[rows],
-                groups,
-                pair_index[rows],
-                chunk_size,
-                extra_scores=lambda chunk, lex=lex, alpha=alpha: alpha * lex[chunk],
-            )
-            ranks[alpha].append(group_ranks)
-    recall = {alpha: summarise_ranks(torch.cat(r), ks=(10,))["R@10"] for alpha, r in ranks.items()}
-    best = max(grid, key=recall.__getitem__)  # the first of equals
-    return best, recall
-
-
-def alpha_path(ckpt: str | Path) -> Path:
-    """Where the checkpoint's alpha is stored: ``<checkpoint file name>.alpha.json`` beside it."""
-    ckpt = Path(ckpt)
-    return ckpt.with_name(ckpt.name + ALPHA_SUFFIX)
-
-
-def save_alpha(ckpt: str | Path, alpha: float, recall: dict[float, float]) -> Path:
-    """Write :func:`alpha_path`: the chosen value, R@10 per candidate and the checkpoint's
-    sha256 prefix; returns the path."""
-    path = alpha_path(ckpt)
-    payload = {
-        "alpha": alpha,
-        "metric": "t2s_group_R@10",
-        "grid": {str(a): r for a, r in recall.items()},
-        "checkpoint_sha256": checkpoint_sha256(ckpt),
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
-def load_alpha(ckpt: str | Path) -> tuple[float, str]:
-    """``(alpha, where it came from)``: the value stored for this checkpoint file
-    (:func:`save_alpha`), else the default :data:`DEFAULT_ALPHA` when there is none or it was
-    chosen for another version of the file (the sha256 differs)."""
-    path = alpha_path(ckpt)
-    if not path.is_file():
-        return DEFAULT_ALPHA, f"default (no {path.name} next to the checkpoint)"
-    stored = json.loads(path.read_text())
-    if stored.get("checkpoint_sha256") != checkpoint_sha256(ckpt):
-        return DEFAULT_ALPHA, f"default ({path.name} was chosen for another version of the file)"
-    return float(stored["alpha"]), f"stored with the model ({path})"

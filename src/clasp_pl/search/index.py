@@ -23,12 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pymatgen.core import Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch import Tensor
 
 from clasp_pl.data.cache import file_fingerprint
-from clasp_pl.data.records import CrystalRecord
 from clasp_pl.models.clasp import CLaSPModule
 
 EMBEDDINGS = "embeddings.npy"
@@ -38,27 +35,9 @@ SCORE_BUDGET = 1 << 24
 """Scores alive at once in :func:`topk_search` (``Q * chunk`` float32 values, 64 MiB)."""
 MAX_CHUNK = 1 << 16
 
-ExtraScores = Callable[[slice], Tensor]
-"""``f(rows) -> [Q, len(rows)]`` scores added to the dot products of index ``rows``."""
-
-
-def spacegroup_symbol(structure: Structure, symprec: float = 0.1) -> str:
-    """Hermann-Mauguin symbol found by spglib (``symprec`` in Å), or ``"?"`` when it fails."""
-    try:
-        return SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_symbol()
-    except Exception:  # noqa: BLE001 - spglib fails on some odd cells; the index still works
-        return "?"
-
-
-def record_meta(record: CrystalRecord, structure: Structure) -> dict[str, str]:
-    """The ``meta.jsonl`` line of a record whose structure is ``structure``."""
-    return {
-        "id": record.id,
-        "formula": structure.composition.reduced_formula,
-        "spacegroup": spacegroup_symbol(structure),
-        "source": record.source,
-        "title": record.title,
-    }
+IndexRowScores = Callable[[slice], Tensor]
+"""``f(index rows) -> [Q, len(rows)]``: scores added to the dot products of all ``Q`` queries
+with a block of index rows (blocks of targets, where retrieval metrics take blocks of queries)."""
 
 
 def checkpoint_sha256(ckpt: str | Path) -> str:
@@ -95,7 +74,8 @@ def write_index(
     Args:
         folder: output folder (created; existing index files are replaced).
         embeddings: ``[N, D]`` embeddings, L2-normalised again here in float32 before the cast.
-        meta: ``[N]`` meta lines (:func:`record_meta`), in the order of ``embeddings``.
+        meta: ``[N]`` meta lines (:func:`clasp_pl.search.meta.record_meta`), in the order
+            of ``embeddings``.
         info: extra ``index.json`` fields (:func:`describe_model`).
         dtype: ``float16`` (half the disk and memory) or ``float32``.
     """
@@ -123,7 +103,7 @@ def topk_search(
     index: np.ndarray | Tensor,
     k: int,
     chunk_size: int | None = None,
-    extra_scores: ExtraScores | None = None,
+    extra_scores: IndexRowScores | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` of ``queries @ index.T (+ extra_scores)``, scored in chunks of index rows.
 
@@ -191,7 +171,7 @@ class EmbeddingIndex:
         return int(self.embeddings.shape[0])
 
     def search(
-        self, queries: Tensor, k: int = 10, extra_scores: ExtraScores | None = None
+        self, queries: Tensor, k: int = 10, extra_scores: IndexRowScores | None = None
     ) -> tuple[Tensor, Tensor]:
         """Top-``k`` ``(scores, indices)``, each ``[Q, min(k, N)]``, of ``queries [Q, D]``
         (see :func:`topk_search`)."""

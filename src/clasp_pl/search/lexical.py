@@ -38,10 +38,12 @@ import torch
 from pymatgen.core import Composition, Element
 from torch import Tensor
 
-N_ELEMENTS = 103
-"""Elements H (Z = 1) to Lr (Z = 103): column ``Z - 1`` of the element matrices."""
+N_MATCHED_ELEMENTS = 103
+"""How many elements text is matched against: H (Z = 1) to Lr (Z = 103), one column ``Z - 1``
+of the element vectors each (the composition descriptor of :mod:`clasp_pl.data.composition`
+has its own, shorter, range)."""
 
-_SYMBOLS = {e.symbol: e.Z for e in Element if e.Z <= N_ELEMENTS}
+_SYMBOLS = {e.symbol: e.Z for e in Element if e.Z <= N_MATCHED_ELEMENTS}
 _ENGLISH_LOOKALIKES = {"I", "In", "As", "At", "Be", "He", "No", "Am", "Es", "Ne", "Ho", "Os"}
 _SPACE_GROUP_LETTERS = {"P", "C", "I", "F", "R", "B", "Pa", "Pm", "Fm", "Cm", "Am"}
 _ROMAN = r"(?:I|II|III|IV|V|VI|VII|VIII)"
@@ -138,7 +140,7 @@ def mentioned_elements(text: str) -> set[str]:
 
 def element_vector(elements: Iterable[str]) -> Tensor:
     """``[103]`` bool: which of H..Lr are in ``elements`` (other symbols are ignored)."""
-    vector = torch.zeros(N_ELEMENTS, dtype=torch.bool)
+    vector = torch.zeros(N_MATCHED_ELEMENTS, dtype=torch.bool)
     for symbol in elements:
         if symbol in _SYMBOLS:
             vector[_SYMBOLS[symbol] - 1] = True
@@ -176,7 +178,7 @@ class LexicalIndex:
                 [element_vector(el.symbol for el in c.elements) for c in compositions]
             ).float()
             if compositions
-            else torch.zeros(0, N_ELEMENTS)
+            else torch.zeros(0, N_MATCHED_ELEMENTS)
         )
         self.n_elements = self.elements.sum(1)
         self.by_formula: dict[tuple[tuple[str, float], ...], list[int]] = {}
@@ -189,7 +191,7 @@ class LexicalIndex:
         query_elements = (
             torch.stack([element_vector(els) for _, els in queries]).float()
             if queries
-            else torch.zeros(0, N_ELEMENTS)
+            else torch.zeros(0, N_MATCHED_ELEMENTS)
         )
         common = query_elements @ self.elements.T
         union = query_elements.sum(1, keepdim=True) + self.n_elements[None, :] - common
