@@ -330,9 +330,9 @@ def test_the_caption_length_is_a_hyper_parameter(tmp_path):
     """``text_max_length`` is saved with the model; a checkpoint from before it existed takes
     its data module's recorded ``max_length``."""
     module = tiny_module(TextConfig(model="tiny-random"))
-    assert module.hparams["text_max_length"] == 256
+    module.hparams["text_max_length"] = 48  # what the CLI's link from data.max_length sets
     path = save_lightning_checkpoint(module, tmp_path / "new.ckpt")
-    assert CLaSPModule.load_from_checkpoint(path).hparams["text_max_length"] == 256
+    assert CLaSPModule.load_from_checkpoint(path).hparams["text_max_length"] == 48
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["hyper_parameters"]["text_max_length"]
     checkpoint["datamodule_hyper_parameters"] = {"max_length": 40}

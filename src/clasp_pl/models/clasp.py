@@ -91,7 +91,8 @@ class CLaSPModule(L.LightningModule):
     ``text_max_length`` is the caption truncation (tokens) the model is trained with: the CLI
     links it from the data module's ``max_length``, and embedding new texts
     (:func:`clasp_pl.api.embed_texts`) reads it from the hyper-parameters. A checkpoint written
-    before it existed gets the data module's ``max_length`` that it recorded.
+    before it existed, or built without the CLI (``None``), gets the data module's ``max_length``
+    that it recorded.
 
     A frozen text tower that still holds its pretrained model's weights is left out of the
     checkpoints (``text_tower_weights`` records the model name and the weights' fingerprint
@@ -245,7 +246,8 @@ class CLaSPModule(L.LightningModule):
         has no ``text_max_length``) from its data module's hyper-parameters."""
         self.restore_omitted_text_weights(checkpoint, "the checkpoint")
         data = checkpoint.get("datamodule_hyper_parameters") or {}
-        if "text_max_length" not in checkpoint.get("hyper_parameters", {}) and "max_length" in data:
+        recorded = checkpoint.get("hyper_parameters", {}).get("text_max_length")
+        if recorded is None and "max_length" in data:
             self.hparams["text_max_length"] = int(data["max_length"])
 
     def restore_omitted_text_weights(self, checkpoint: dict, source: str | Path) -> None:
