@@ -79,6 +79,8 @@ SUBCOMMANDS = {
     "probe": "clasp_pl.evaluation.probe",
     "embed": "clasp_pl.search.commands:embed_main",
     "search": "clasp_pl.search.commands:search_main",
+    "map": "clasp_pl.commands.map",
+    "serve": "clasp_pl.commands.serve",
 }
 
 
