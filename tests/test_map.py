@@ -17,7 +17,14 @@ from clasp_pl.cli import main as clasp
 from clasp_pl.data.records import read_records
 from clasp_pl.search.commands import search_main
 from clasp_pl.search.index import EmbeddingIndex
-from clasp_pl.viz import embedding_map, index_map, index_points, projection, write_embedding_map
+from clasp_pl.viz import (
+    embedding_map,
+    index_map,
+    index_points,
+    projection,
+    record_points,
+    write_embedding_map,
+)
 from clasp_pl.viz.colouring import colour_by_field
 from clasp_pl.viz.html import map_figure
 from clasp_pl.viz.points import crystal_system_of
@@ -170,3 +177,9 @@ def test_clasp_map_command(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     assert clasp(["map", "--index", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing: no such file or folder" in capsys.readouterr().err
+
+
+def test_points_of_records_match_the_index_points(tiny_index) -> None:  # noqa: F811
+    """`clasp eval` maps records (no index): their points are those `clasp map` shows."""
+    records = read_records(tiny_index.records)[:10]
+    assert record_points(records) == index_points(tiny_index.folder)[:10]
