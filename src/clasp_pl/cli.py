@@ -4,6 +4,7 @@
 - ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records,
   ``clasp data keywords`` extracts keyword captions for stage-2 fine-tuning;
 - ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
+- ``clasp map``, ``clasp serve``: an interactive embedding map and a local search page;
 - ``clasp finetune``: property prediction from the pretrained crystal encoder;
 - ``clasp probe``: linear probes of the frozen crystal encoder, pretrained vs random init;
 - ``clasp convert-official CKPT OUT``: a checkpoint of the authors' code as a clasp_pl one.

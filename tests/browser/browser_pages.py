@@ -166,16 +166,20 @@ class SearchView:
     viewer: Picture
 
 
-def search_page(driver, url: str, query: str) -> SearchView:
-    """Type ``query`` into the page at ``url``, press Enter, wait for the hits and the 3-D view."""
+def search_page(driver, url: str, query: str | None = None, cif: Path | None = None) -> SearchView:
+    """Type ``query`` into the page at ``url`` and press Enter, or upload the file ``cif``; wait
+    for the hits and the 3-D view of the first."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     driver.get(url)
     wait_for(driver, "return document.body.dataset.ready === 'true';")
-    box = driver.find_element(By.ID, "query")
-    box.clear()
-    box.send_keys(query, Keys.ENTER)
+    if cif is None:
+        box = driver.find_element(By.ID, "query")
+        box.clear()
+        box.send_keys(query, Keys.ENTER)
+    else:
+        driver.find_element(By.ID, "cif-file").send_keys(str(cif.resolve()))
     wait_for(driver, "return document.getElementById('results').dataset.count;")
     rows = driver.execute_script(
         "return [...document.querySelectorAll('#results tbody tr')]"
@@ -187,3 +191,17 @@ def search_page(driver, url: str, query: str) -> SearchView:
     page = picture(driver.get_screenshot_as_png())  # first: the element shot below scrolls
     viewer = picture(driver.find_element(By.ID, "viewer").screenshot_as_png)
     return SearchView(rows, shown, canvases, page, viewer)
+
+
+def status_after_query(driver, url: str, query: str) -> str:
+    """The status line of the page at ``url`` after submitting ``query`` (an error, say)."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    wait_for(driver, "return document.body.dataset.ready === 'true';")
+    driver.find_element(By.ID, "query").send_keys(query)
+    driver.find_element(By.ID, "search-button").click()
+    return wait_for(
+        driver,
+        "const s = document.getElementById('status'); return s.className === 'error' && s.textContent;",
+    )

@@ -13,7 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_pages import INSTALL_HINT, chrome, chromium_paths, open_map, search_page, served
+from browser_pages import (
+    INSTALL_HINT,
+    chrome,
+    chromium_paths,
+    open_map,
+    search_page,
+    served,
+    status_after_query,
+)
 
 from clasp_pl.serve import SearchEngine, create_app
 from clasp_pl.viz import index_map, index_points
@@ -68,3 +76,11 @@ def test_typed_query_shows_hits_and_the_structure_in_3d(driver, server) -> None:
     assert view.viewer.std > 5 and view.viewer.inked > 0.001, "the 3-D view looks blank"
     assert view.page.std > 10
     view.page.save(shot_path("search.png"))
+
+
+def test_uploaded_cif_and_bad_input_in_the_page(driver, server, tmp_path) -> None:
+    with urllib.request.urlopen(f"{server}/api/cif?id=amcsd-3") as response:
+        (tmp_path / "galena.cif").write_bytes(response.read())
+    view = search_page(driver, server, cif=tmp_path / "galena.cif")
+    assert view.rows[0][1:3] == ["PbS", "Fm-3m"] and view.shown == "amcsd-3"
+    assert "empty query" in status_after_query(driver, server, "   ")

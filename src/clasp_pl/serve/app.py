@@ -119,12 +119,13 @@ def create_app(engine: SearchEngine, limits: Limits = Limits()) -> FastAPI:
             raise RequestError(422, str(error)) from error
 
     @app.get("/api/cif")
-    def cif(id: str) -> PlainTextResponse:  # noqa: A002 - the query parameter's public name
-        text = engine.cif(id)
+    def cif(structure_id: str = Query(alias="id")) -> PlainTextResponse:
+        text = engine.cif(structure_id)
         if text is None:
             reason = "no structure of that id" if engine.records else "the index has no records"
-            raise RequestError(404, f"cannot show {id!r}: {reason}")
-        headers = {"Content-Disposition": f'inline; filename="{_file_name(id)}.cif"'}
+            raise RequestError(404, f"cannot show {structure_id!r}: {reason}")
+        name = _file_name(structure_id)
+        headers = {"Content-Disposition": f'inline; filename="{name}.cif"'}
         return PlainTextResponse(text, media_type="chemical/x-cif", headers=headers)
 
     return app
