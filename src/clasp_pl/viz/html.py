@@ -12,7 +12,6 @@ build here.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,8 @@ def map_figure(
     if len(xy) != len(points):
         raise ValueError(f"{len(xy)} coordinates for {len(points)} points")
     hover = np.array(hover_rows(points), dtype=object).reshape(len(points), 5)
-    hover[:, 4] = [_wrap(t) for t in hover[:, 4]]
+    wrapped = {title: _wrap(title) for title in set(hover[:, 4])}  # papers repeat
+    hover[:, 4] = [wrapped[title] for title in hover[:, 4]]
     size = point_size or float(np.clip(9 - 1.2 * np.log10(max(len(points), 1)), 2.5, 7))
     traces = (
         _continuous_traces(xy, hover, colouring, size)
@@ -191,4 +191,12 @@ def _mark_trace(xy: np.ndarray, hover: np.ndarray, mark: QueryMarks, colour: str
 
 
 def _wrap(text: str) -> str:
-    return "<br>".join(textwrap.wrap(text, TITLE_WIDTH)) or "–"
+    """Words joined into lines of at most :data:`TITLE_WIDTH` characters (longer words alone),
+    separated by ``<br>``; ``"–"`` for an empty text."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= TITLE_WIDTH:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines) or "–"
