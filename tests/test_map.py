@@ -183,3 +183,12 @@ def test_points_of_records_match_the_index_points(tiny_index) -> None:  # noqa: 
     """`clasp eval` maps records (no index): their points are those `clasp map` shows."""
     records = read_records(tiny_index.records)[:10]
     assert record_points(records) == index_points(tiny_index.folder)[:10]
+
+
+def test_clasp_map_of_a_records_file_reuses_its_index(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
+    """`--ckpt` (the default dataset's path) embeds the records once, into the fixture's index."""
+    out = tmp_path / "records.html"
+    argv = ["--ckpt", str(tiny_index.ckpt), "--records", str(tiny_index.records)]
+    cache = ["--cache-dir", str(tiny_index.folder.parents[1])]
+    assert clasp(["map", *argv, *cache, "--out", str(out)]) == 0
+    assert f"cached in {tiny_index.folder / 'map-cache'}" in capsys.readouterr().out

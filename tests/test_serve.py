@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pymatgen.core import Structure
 
+from clasp_pl.cli import main as clasp
 from clasp_pl.search.commands import search_main
 from clasp_pl.serve import Limits, SearchEngine, create_app
 from clasp_pl.serve.app import STATIC
@@ -112,3 +113,8 @@ def test_structures_and_page_are_served(client, engine) -> None:
     assert script.status_code == 200 and len(script.content) > 100_000
     assert "BSD" in (STATIC / "vendor" / "3dmol" / "LICENSE").read_text()
     assert client.get("/api/nothing").json() == {"error": "Not Found"}
+
+
+def test_clasp_serve_refuses_a_missing_index(tmp_path, capsys) -> None:
+    assert clasp(["serve", "--index", str(tmp_path / "missing")]) == 2
+    assert "missing: no such file or folder" in capsys.readouterr().err

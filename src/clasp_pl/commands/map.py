@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", nargs="*", default=[], help="mark each query's top-k hits")
     parser.add_argument("--top-k", type=int, default=10, help="hits marked per query")
     parser.add_argument("--seed", type=int, default=0, help="t-SNE random state")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
     return parser
 
 

@@ -36,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--records", default=DEFAULT_RECORDS, help="records file for --ckpt")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where --ckpt's index goes")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--alpha", type=float, help="lexical weight (default: the model's)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--alpha", type=float, help="lexical weight (None: the model's stored one)")
     parser.add_argument(
         "--max-upload-kb", type=int, default=Limits.max_upload_bytes // 1024, help="largest CIF"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
     return parser
 
 
