@@ -31,6 +31,8 @@ BENCHMARKS = [
         ["--n", "5000", "--small", "1000", "2000", "--query-subset", "500"],
     ),
     ("search throughput", ["bench_search.py"], ["--queries", "200", "--index-size", "2000"]),
+    ("embedding map", ["bench_map.py", "--sizes", "8505", "100000"], ["--sizes", "2000"]),
+    ("search page (HTTP API)", ["bench_serve.py", "--queries", "200"], ["--queries", "20"]),
 ]
 
 

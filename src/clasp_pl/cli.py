@@ -4,6 +4,7 @@
 - ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records,
   ``clasp data keywords`` extracts keyword captions for stage-2 fine-tuning;
 - ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
+- ``clasp map``, ``clasp serve``: an interactive embedding map and a local search page;
 - ``clasp finetune``: property prediction from the pretrained crystal encoder;
 - ``clasp probe``: linear probes of the frozen crystal encoder, pretrained vs random init;
 - ``clasp convert-official CKPT OUT``: a checkpoint of the authors' code as a clasp_pl one.
@@ -103,6 +104,8 @@ SUBCOMMANDS = {
     "probe": "clasp_pl.evaluation.probe",
     "embed": "clasp_pl.search.commands:embed_main",
     "search": "clasp_pl.search.commands:search_main",
+    "map": "clasp_pl.commands.map",
+    "serve": "clasp_pl.commands.serve",
 }
 
 

@@ -1,0 +1,1 @@
+"""One module per ``clasp`` subcommand: each parses its arguments and calls the library."""

@@ -1,0 +1,74 @@
+"""``clasp map``: an interactive embedding map of an index, or of the default dataset.
+
+Usage::
+
+    clasp map --index my_index --out map.html
+    clasp map --index my_index --color-by "spinel" --queries "olivine" "layered perovskite"
+    clasp map --ckpt runs/pretrain/checkpoints/best.ckpt          # the default AMCSD data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from clasp_pl.data.datamodule import DEFAULT_RECORDS
+from clasp_pl.viz.colouring import FIELDS
+from clasp_pl.viz.embedding_map import INDEX_CACHE, MapTimings, index_map
+from clasp_pl.viz.projection import ProjectionConfig
+from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clasp map",
+        description="Write an interactive embedding map (one HTML file that opens offline).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", help="index folder (clasp embed)")
+    source.add_argument("--ckpt", help="checkpoint: map the --records file embedded with it")
+    parser.add_argument("--records", default=DEFAULT_RECORDS, help="records file for --ckpt")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where --ckpt's index goes")
+    parser.add_argument("--out", default="embedding_map.html", help="HTML file to write")
+    parser.add_argument(
+        "--color-by",
+        default="crystal_system",
+        help=f"{' | '.join(FIELDS)}, or a free-text query whose score colours the points",
+    )
+    parser.add_argument("--queries", nargs="*", default=[], help="mark each query's top-k hits")
+    parser.add_argument("--top-k", type=int, default=10, help="hits marked per query")
+    parser.add_argument("--seed", type=int, default=0, help="t-SNE random state")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``clasp map``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    for option, path in (("--index", args.index), ("--ckpt", args.ckpt)):
+        if path and not Path(path).exists():
+            print(f"error: {option} {path}: no such file or folder", file=sys.stderr)
+            return 2
+    index = args.index or records_index(args.records, args.ckpt, args.cache_dir, args.device)
+    timings = MapTimings()
+    out = index_map(
+        index,
+        args.out,
+        color_by=args.color_by,
+        queries=args.queries,
+        top_k=args.top_k,
+        device=args.device,
+        projection=ProjectionConfig(seed=args.seed),
+        timings=timings,
+    )
+    print(
+        f"wrote {out} (t-SNE {timings.projection:.1f} s, queries {timings.queries:.1f} s, "
+        f"page {timings.html:.1f} s; coordinates cached in {Path(index) / INDEX_CACHE})"
+    )
+    return 0
