@@ -17,6 +17,7 @@ import torch
 from clasp_pl.data.ingest import ingest_table
 from clasp_pl.data.records import CrystalRecord, write_records
 from helpers.data import PEROV_TABLE, first_records, shared_path
+from helpers.viz import TinyIndex, build_tiny_index
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory) -> TinyIndex:
+    """A tiny untrained CLaSP's index of 60 real AMCSD structures (map, serve, browser tests)."""
+    return build_tiny_index(tmp_path_factory.getbasetemp() / "tiny_index")

@@ -1,6 +1,6 @@
 """`clasp map`: points and their hover fields, colours, cached coordinates, query marks.
 
-Runs on the shared tiny index of 60 real AMCSD structures (:mod:`viz_fixtures`); the page itself
+Runs on the shared tiny index of 60 real AMCSD structures (:mod:`helpers.viz`); the page itself
 is opened in a real browser by ``tests/browser``.
 """
 
@@ -30,13 +30,13 @@ from clasp_pl.viz.html import map_figure
 from clasp_pl.viz.points import crystal_system_of
 from clasp_pl.viz.projection import ProjectionConfig, project_2d
 from clasp_pl.viz.queries import query_scores
-from viz_fixtures import N_RECORDS, tiny_index  # noqa: F401 - the fixture
+from helpers.viz import N_RECORDS
 
 CONFIG = ProjectionConfig()
 
 
 @pytest.fixture(scope="module")
-def xy(tiny_index) -> np.ndarray:  # noqa: F811
+def xy(tiny_index) -> np.ndarray:
     return projection.cached_projection(
         EmbeddingIndex(tiny_index.folder).embeddings, tiny_index.folder / "map-cache"
     )
@@ -66,7 +66,7 @@ def test_space_group_symbols_give_crystal_systems() -> None:
     assert {symbol: crystal_system_of(symbol) for symbol in expected} == expected
 
 
-def test_every_structure_is_a_point_with_its_hover_fields(tiny_index, xy) -> None:  # noqa: F811
+def test_every_structure_is_a_point_with_its_hover_fields(tiny_index, xy) -> None:
     points = index_points(tiny_index.folder)
     records = {r.id: r for r in read_records(tiny_index.records)}
     assert len(points) == N_RECORDS == len(xy)
@@ -82,7 +82,7 @@ def test_every_structure_is_a_point_with_its_hover_fields(tiny_index, xy) -> Non
         assert trace["type"] == "scattergl"
 
 
-def test_year_colouring_uses_the_records_years(tiny_index, xy) -> None:  # noqa: F811
+def test_year_colouring_uses_the_records_years(tiny_index, xy) -> None:
     points = index_points(tiny_index.folder)
     years = {r.id: r.meta["year"] for r in read_records(tiny_index.records)}
     figure = map_figure(xy, points, colour_by_field(points, "year"))
@@ -94,7 +94,7 @@ def test_year_colouring_uses_the_records_years(tiny_index, xy) -> None:  # noqa:
     assert list(trace["marker"]["color"]) == sorted(trace["marker"]["color"])
 
 
-def test_the_page_opens_offline(tiny_index, tmp_path) -> None:  # noqa: F811
+def test_the_page_opens_offline(tiny_index, tmp_path) -> None:
     out = index_map(tiny_index.folder, tmp_path / "map.html")
     html = out.read_text()
     assert not re.search(r"<script[^>]+src=", html), "every script must be inline"
@@ -102,7 +102,7 @@ def test_the_page_opens_offline(tiny_index, tmp_path) -> None:  # noqa: F811
     assert '"scattergl"' in html and "amcsd-3" in html
 
 
-def test_coordinates_are_cached_per_embeddings(tiny_index, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_coordinates_are_cached_per_embeddings(tiny_index, tmp_path, monkeypatch) -> None:
     index = EmbeddingIndex(tiny_index.folder)
     points = index_points(tiny_index.folder)
     calls = []
@@ -119,7 +119,7 @@ def test_coordinates_are_cached_per_embeddings(tiny_index, tmp_path, monkeypatch
     assert calls == [N_RECORDS, N_RECORDS] and len(list(cache.glob("xy-*.npy"))) == 2
 
 
-def test_colour_by_query_is_its_learned_score(tiny_index, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_colour_by_query_is_its_learned_score(tiny_index, tmp_path, monkeypatch) -> None:
     figures = []
     monkeypatch.setattr(embedding_map, "map_figure", lambda *a, **k: figures.append(a) or {})
     monkeypatch.setattr(embedding_map, "write_map_html", lambda figure, out: out)
@@ -134,7 +134,7 @@ def test_colour_by_query_is_its_learned_score(tiny_index, tmp_path, monkeypatch)
     assert np.ptp(colouring.values) > 0
 
 
-def test_query_marks_are_the_hits_of_clasp_search(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
+def test_query_marks_are_the_hits_of_clasp_search(tiny_index, tmp_path, capsys) -> None:
     queries = ["olivine Mg2SiO4", "layered perovskite"]
     out = index_map(tiny_index.folder, tmp_path / "m.html", queries=queries, top_k=5)
     figure = json.loads(
@@ -168,7 +168,7 @@ def test_large_sets_are_placed_by_landmarks() -> None:
     assert (nearest == labels).mean() > 0.95
 
 
-def test_clasp_map_command(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
+def test_clasp_map_command(tiny_index, tmp_path, capsys) -> None:
     out = tmp_path / "year.html"
     assert (
         clasp(["map", "--index", str(tiny_index.folder), "--out", str(out), "--color-by", "year"])
@@ -179,13 +179,13 @@ def test_clasp_map_command(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
     assert "missing: no such file or folder" in capsys.readouterr().err
 
 
-def test_points_of_records_match_the_index_points(tiny_index) -> None:  # noqa: F811
+def test_points_of_records_match_the_index_points(tiny_index) -> None:
     """`clasp eval` maps records (no index): their points are those `clasp map` shows."""
     records = read_records(tiny_index.records)[:10]
     assert record_points(records) == index_points(tiny_index.folder)[:10]
 
 
-def test_clasp_map_of_a_records_file_reuses_its_index(tiny_index, tmp_path, capsys) -> None:  # noqa: F811
+def test_clasp_map_of_a_records_file_reuses_its_index(tiny_index, tmp_path, capsys) -> None:
     """`--ckpt` (the default dataset's path) embeds the records once, into the fixture's index."""
     out = tmp_path / "records.html"
     argv = ["--ckpt", str(tiny_index.ckpt), "--records", str(tiny_index.records)]

@@ -1,7 +1,7 @@
 """`clasp serve`: the JSON API answers what `clasp search --json` prints, and bad input gets a
 clear 4xx JSON answer while the server goes on.
 
-FastAPI's TestClient drives the app in-process over the shared tiny index (:mod:`viz_fixtures`);
+FastAPI's TestClient drives the app in-process over the shared tiny index (:mod:`helpers.viz`);
 ``tests/browser`` drives the page in headless Chromium.
 """
 
@@ -17,13 +17,13 @@ from clasp_pl.cli import main as clasp
 from clasp_pl.search.commands import search_main
 from clasp_pl.serve import Limits, SearchEngine, create_app
 from clasp_pl.serve.app import STATIC
-from viz_fixtures import N_RECORDS, tiny_index  # noqa: F401 - the fixture
+from helpers.viz import N_RECORDS
 
 LIMITS = Limits(max_upload_bytes=20_000, max_query_chars=200)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_index) -> SearchEngine:  # noqa: F811
+def engine(tiny_index) -> SearchEngine:
     return SearchEngine(tiny_index.folder)
 
 
@@ -40,13 +40,13 @@ def clasp_search_json(capsys, folder, query: str, k: int) -> dict:
 
 
 @pytest.mark.parametrize("query", ["galena PbS", "layered perovskite oxide"])
-def test_api_search_is_clasp_search_json(client, tiny_index, capsys, query) -> None:  # noqa: F811
+def test_api_search_is_clasp_search_json(client, tiny_index, capsys, query) -> None:
     response = client.get("/api/search", params={"q": query, "k": 7})
     assert response.status_code == 200
     assert response.json() == clasp_search_json(capsys, tiny_index.folder, query, 7)
 
 
-def test_uploaded_cif_searches_by_structure(client, engine, tiny_index, tmp_path, capsys) -> None:  # noqa: F811
+def test_uploaded_cif_searches_by_structure(client, engine, tiny_index, tmp_path, capsys) -> None:
     target = engine.index.meta[5]["id"]
     cif = client.get("/api/cif", params={"id": target})
     assert cif.status_code == 200 and cif.headers["content-type"].startswith("chemical/x-cif")

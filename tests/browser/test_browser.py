@@ -25,7 +25,7 @@ from browser_pages import (
 
 from clasp_pl.serve import SearchEngine, create_app
 from clasp_pl.viz import index_map, index_points
-from viz_fixtures import N_RECORDS, tiny_index  # noqa: F401 - the fixture
+from helpers.viz import N_RECORDS
 
 pytestmark = pytest.mark.skipif(chromium_paths() is None, reason=INSTALL_HINT)
 SHOTS = Path(os.environ["CLASP_SCREENSHOT_DIR"]) if os.environ.get("CLASP_SCREENSHOT_DIR") else None
@@ -44,12 +44,12 @@ def driver():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_index):  # noqa: F811
+def server(tiny_index):
     with served(create_app(SearchEngine(tiny_index.folder))) as url:
         yield url
 
 
-def test_map_has_its_points_and_hover_text(driver, tiny_index, tmp_path) -> None:  # noqa: F811
+def test_map_has_its_points_and_hover_text(driver, tiny_index, tmp_path) -> None:
     html = index_map(tiny_index.folder, tmp_path / "map.html", queries=["galena"], top_k=3)
     view = open_map(driver, html)
     points = {p.id: p for p in index_points(tiny_index.folder)}

@@ -32,10 +32,13 @@ CLASP_LAYERS: tuple[Layer, ...] = (
     Layer("training", ("clasp_pl.training",)),
     Layer("api", ("clasp_pl.api",)),
     Layer("search", ("clasp_pl.search",)),
+    Layer("viz", ("clasp_pl.viz",)),
     Layer("evaluation", ("clasp_pl.evaluation",)),
+    Layer("serve", ("clasp_pl.serve",)),
     Layer(
         "commands",
         (
+            "clasp_pl.commands",
             "clasp_pl.cli",
             "clasp_pl.finetune_cli",
             "clasp_pl.convert_official",

@@ -2,7 +2,7 @@
 
 A query is free text or the bytes of a CIF file. Results are the dicts ``clasp search --json``
 prints for one query: ``{"query", "kind", "hits", "alpha", "alpha_source"}`` with the hits of
-:func:`~clasp_pl.search.commands.result_rows` (rank, score, cosine, lexical, the index's meta
+:func:`~clasp_pl.search.queries.result_rows` (rank, score, cosine, lexical, the index's meta
 fields and the ``parts`` that scored). Text is always text here: unlike ``clasp search``, a text
 that names a ``.cif`` file on the server's disk is not read as that file.
 """
@@ -18,9 +18,10 @@ import torch
 from pymatgen.io.cif import CifWriter
 
 from clasp_pl.api import embed_texts, load_model
-from clasp_pl.search.commands import embed_queries, result_rows
-from clasp_pl.search.hybrid import hybrid_search, lexical_index, load_alpha
+from clasp_pl.search.alpha_store import load_alpha
+from clasp_pl.search.hybrid import hybrid_search, lexical_index
 from clasp_pl.search.index import EmbeddingIndex
+from clasp_pl.search.queries import embed_queries, result_rows
 from clasp_pl.viz.points import index_records_by_id
 
 SearchResult = dict[str, Any]

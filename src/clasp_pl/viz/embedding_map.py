@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from clasp_pl.api import load_model
-from clasp_pl.search.hybrid import load_alpha
+from clasp_pl.search.alpha_store import load_alpha
 from clasp_pl.search.index import EmbeddingIndex
 from clasp_pl.viz.colouring import FIELDS, Colouring, colour_by_field, colour_by_scores
 from clasp_pl.viz.html import QueryMarks, map_figure, write_map_html

@@ -20,7 +20,8 @@ from pymatgen.symmetry.groups import SYMM_DATA
 
 from clasp_pl.data.labels import CRYSTAL_SYSTEMS, mineral_class_of
 from clasp_pl.data.records import CrystalRecord, iter_records
-from clasp_pl.search.index import META, record_meta
+from clasp_pl.search.index import META
+from clasp_pl.search.meta import record_meta
 
 UNKNOWN = "unknown"
 INDEX_RECORDS = "records.jsonl.gz"

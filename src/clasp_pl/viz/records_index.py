@@ -20,7 +20,8 @@ from clasp_pl.data.datamodule import records_cache_root
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, write_records
-from clasp_pl.search.index import INFO, checkpoint_sha256, describe_model, record_meta, write_index
+from clasp_pl.search.index import INFO, checkpoint_sha256, describe_model, write_index
+from clasp_pl.search.meta import record_meta
 from clasp_pl.viz.points import INDEX_RECORDS
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 A tiny CLaSP (tiny-random text tower, 16-dim embeddings; untrained: these tests check what the
 pages show and answer, not retrieval quality) embeds the first :data:`N_RECORDS` real AMCSD
 structures into an index with :func:`~clasp_pl.viz.records_index.records_index`, the path
-``clasp map`` / ``clasp serve`` take for the default dataset. Test modules import the fixture
-``tiny_index``; the build is memoised here, so importing it into several modules builds it once.
+``clasp map`` / ``clasp serve`` take for the default dataset. The session fixture
+``tiny_index`` (conftest.py) builds it once; the build is memoised per root folder.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import pytest
 
 from clasp_pl.data.records import write_records
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
-from clasp_pl.text_models import TextConfig
+from clasp_pl.text.config import TextConfig
 from clasp_pl.viz.records_index import records_index
-from conftest import TINY_GRAPH, first_records, save_lightning_checkpoint
+from helpers.data import TINY_GRAPH, first_records
+from helpers.lightning import save_lightning_checkpoint
 
 N_RECORDS = 60
 
@@ -53,8 +53,3 @@ def build_tiny_index(root: Path) -> TinyIndex:
         folder = records_index(records, ckpt, root / "cache")
         _BUILT[root] = TinyIndex(ckpt, records, folder)
     return _BUILT[root]
-
-
-@pytest.fixture(scope="session")
-def tiny_index(tmp_path_factory) -> TinyIndex:
-    return build_tiny_index(tmp_path_factory.getbasetemp() / "tiny_index")
