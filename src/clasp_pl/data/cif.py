@@ -2,18 +2,21 @@
 
 Two readers build the same result:
 
-* ``gemmi`` (default, fast): ``gemmi.cif.read_string`` and ``gemmi.make_small_structure_from_block``
-  for the atom sites; cell, symmetry (:mod:`clasp_pl.data.cif_symmetry`) and element symbols are
-  read here, and the expansion to the full cell is vectorised (:mod:`clasp_pl.data.cif_sites`).
-* ``pymatgen``: ``CifParser`` expands the cell (slower, and a second opinion).
+* ``gemmi`` (default, fast): ``gemmi.cif.read_string`` parses the text; the atom-site loop,
+  cell, symmetry (:mod:`clasp_pl.data.cif_symmetry`) and element symbols are read here, and the
+  expansion to the full cell is vectorised (:mod:`clasp_pl.data.cif_sites`).
+* ``pymatgen``: ``CifParser`` expands the cell (slower; a second opinion). When gemmi can read
+  the text, its block also gives the text fields and the cell-size count for this reader; when it
+  cannot, pymatgen's tokenizer does.
 
 What is read the way a crystallographer expects:
 
 * **Bytes**: UTF-8 (a byte-order mark is dropped); a file that is not valid UTF-8 (a cp1252 ``’``
   in an author name) is decoded as cp1252, else latin-1, and the record notes the encoding
   (``meta["text_encoding"]``).
-* **Syntax**: a single-quoted value that runs over several lines (Crystallographica output, not
-  valid CIF 1.1, read by pymatgen) is turned into a text field when gemmi rejects the file.
+* **Syntax**: when gemmi rejects the file, a single-quoted value that runs over several lines
+  and a value-less tag on the last line (``_eof``; both Crystallographica output, not valid
+  CIF 1.1, read by pymatgen) are repaired (``meta["repaired_syntax"]``).
 * **Symmetry**: operation lists under either tag, Hall symbols, Hermann–Mauguin symbols in old
   and spaced spellings, IT numbers; no symmetry at all is read as P1 and noted
   (``meta["assumed_p1"]``); see :mod:`clasp_pl.data.cif_symmetry`.
@@ -23,12 +26,15 @@ What is read the way a crystallographer expects:
   ``Lp``; any site whose ``_atom_site_calc_flag`` is ``dum``) are dropped and counted
   (``meta["n_dummy_sites"]``): they are geometry helpers, not atoms.
 
-Then, in order: the stated occupancies are checked, the cell's atoms are counted *before* any
-neighbour search (cap ``max_cell_atoms``, default 5 × ``max_atoms``), co-located atoms are
+Then, in order: the rows of the atom loop are counted (more than ``max_cell_atoms`` rows: rejected
+before they are read), the stated cell and occupancies are checked, the cell's atoms are counted
+after the symmetry operations and *before* any neighbour search (cap ``max_cell_atoms``,
+default 5 × ``max_atoms``; a site on a special position counts once), co-located atoms are
 merged into sites and the occupancy policy applies (``mixed`` by default: disorder is kept; see
-:mod:`clasp_pl.data.cif_sites` for ``mixed``, ``majority`` and ``skip``), the composition is
-checked against ``_chemical_formula_sum`` (:mod:`clasp_pl.data.formula`), and a cell with more
-than ``max_atoms`` sites is replaced by its primitive cell when that is small enough.
+:mod:`clasp_pl.data.cif_sites` for ``mixed``, ``majority`` and ``skip``, and for what is merged),
+the composition is checked against ``_chemical_formula_sum`` (:mod:`clasp_pl.data.formula`),
+and a cell with more than ``max_atoms`` sites is replaced by its primitive cell (spglib) when
+that is small enough.
 
 Reject reasons (``Reject.reason``), every one a record can be refused for:
 
@@ -38,10 +44,12 @@ Reject reasons (``Reject.reason``), every one a record can be refused for:
   and no dummy atom);
 * impossible numbers: ``non_finite`` (a missing or non-numeric cell parameter or coordinate),
   ``unphysical_cell`` (a cell length <= 0, an angle outside (0°, 180°) or angles that close no
-  cell, less than 1 Å^3 per atom, two atoms at distinct positions closer than 0.5 Å whose
-  occupancies sum above 1), ``bad_occupancy`` (an occupancy outside [0, 1.05], or co-located
-  atoms whose occupancies sum above 1.05: rejected rather than normalised, since scaling would
-  invent a composition the authors did not report);
+  cell, less than 1 Å^3 per atom, two atoms 0.1 to 0.5 Å apart whose occupancies sum above
+  1.05: they cannot both be there; split sites of one atom, whose occupancies add up to at most
+  1, are legitimate and become one site), ``bad_occupancy`` (an occupancy outside [0, 1.05], or
+  atoms at one position (within 0.1 Å) of different elements whose occupancies sum above 1.05:
+  rejected rather than normalised, since scaling would invent a composition the authors did not
+  report; sums up to 1.05 are rounding and are scaled to 1);
 * policy and size: ``partial_occupancy`` (policy ``skip``), ``too_many_atoms`` (more than
   ``max_cell_atoms`` atoms in the conventional cell, or more than ``max_atoms`` sites in the
   primitive cell), ``formula_mismatch`` (the sites disagree with ``_chemical_formula_sum``);

@@ -10,14 +10,27 @@ Steps (all distances periodic, in Å):
    merges each connected group into one site: a mixed site (Fe and Mg at one position), the
    split positions of one disordered atom, or both. Leftover coincident images of one site (a
    symmetry list that is not a group) are dropped here.
-3. Checks that reject impossible input: an atom's occupancy outside (0, 1 + ``OVER_TOL``]
-   (``bad_occupancy``); two atoms at distinct positions closer than ``MERGE_TOL`` whose
-   occupancies sum above 1 + ``OVER_TOL`` (they cannot both be there: ``unphysical_cell``), and
-   a merged site whose occupancies sum above 1 + ``OVER_TOL`` (``bad_occupancy``: over-occupied,
-   not normalised, because the stated numbers contradict themselves and scaling would invent a
-   composition); fewer than ``MIN_VOLUME_PER_ATOM`` Å^3 of cell per atom (``unphysical_cell``).
-   A merged site whose occupancies sum to (1, 1 + ``OVER_TOL``] (rounding in the file) is scaled
-   to 1.
+3. Checks, and what is merged (``OVER_TOL`` = 0.05 allows for rounding of occupancies):
+
+   * an atom's occupancy outside [0, 1 + ``OVER_TOL``]: ``bad_occupancy``;
+   * fewer than ``MIN_VOLUME_PER_ATOM`` Å^3 of cell per atom: ``unphysical_cell``;
+   * the same element twice within ``ROUNDING_TOL`` with occupancies summing above
+     1 + ``OVER_TOL`` is one atom, counted in :attr:`Sites.n_repeated`: an atom listed twice
+     (once more as its own symmetry image), or the images of a special position whose
+     coordinates were rounded (``0.333`` for 1/3). Images of one site that close whose
+     occupancies can both hold are a split site and are summed (so a half-occupied atom on a
+     special position with rounded coordinates counts twice; diffraction does not resolve real
+     splits that small);
+   * other atoms within ``ROUNDING_TOL`` of each other (one position) whose occupancies sum above
+     1 + ``OVER_TOL``: ``bad_occupancy`` (over-occupied; not normalised, because the stated
+     numbers contradict themselves and scaling would invent a composition);
+   * two atoms ``ROUNDING_TOL`` to ``MERGE_TOL`` apart whose occupancies sum above
+     1 + ``OVER_TOL``: they cannot both be there, ``unphysical_cell``;
+   * a group of linked atoms that is over-full as a whole (an O split over two positions and the
+     H of one of them) becomes one site per element, and an element's part that is still
+     over-full (an orientationally disordered N2 molecule: two N over eight positions of 1/4)
+     one site per position: what the file states is kept, and the formula check judges it;
+   * a site whose occupancies sum to (1, 1 + ``OVER_TOL``] is scaled to 1.
 4. The occupancy policy (:data:`OccupancyPolicy`):
 
    * ``mixed`` (default): every site keeps all its elements and occupancies; the vacancy is the
@@ -47,8 +60,8 @@ OccupancyPolicy = Literal["mixed", "majority", "skip"]
 OCCUPANCY_POLICIES: tuple[str, ...] = ("mixed", "majority", "skip")
 
 MERGE_TOL = 0.5  # Å: atoms closer than this are one (possibly disordered) site
-DUPLICATE_TOL = 0.1  # Å: atoms closer than this are at one position (coordinates of special
-# positions are often given to 3-4 decimals, so their images differ by a few hundredths of Å)
+DUPLICATE_TOL = 0.02  # Å: images of one site closer than this are one atom (special position)
+ROUNDING_TOL = 0.1  # Å: atoms closer than this are at one position up to rounding of the file
 OCCUPANCY_TOL = 0.02  # a single-element occupancy >= 0.98 counts as full
 OVER_TOL = 0.05  # occupancy sums up to 1.05 are rounding in the file (scaled to 1)
 MIN_VOLUME_PER_ATOM = 1.0  # Å^3 of cell per atom; the densest solids have ~5
@@ -208,15 +221,13 @@ def resolve_sites(atoms: Atoms, name: str, policy: OccupancyPolicy) -> Sites:
     if len(i):
         occ = atoms.occupancies
         same_element = np.array(atoms.elements)[i] == np.array(atoms.elements)[j]
-        co_located = distance < DUPLICATE_TOL
-        image = co_located & (atoms.site_ids[i] == atoms.site_ids[j])
-        repeated = co_located & ~image & same_element & (occ[i] + occ[j] > 1.0 + OVER_TOL)
+        image = (distance < DUPLICATE_TOL) & (atoms.site_ids[i] == atoms.site_ids[j])
+        over_full = occ[i] + occ[j] > 1.0 + OVER_TOL
+        repeated = (distance < ROUNDING_TOL) & ~image & same_element & over_full
         keep[j[image | repeated]] = False  # i < j: the later copy goes
         n_repeated = len(np.unique(j[repeated]))
         pairs = keep[i] & keep[j]
         i, j, distance, same_element = i[pairs], j[pairs], distance[pairs], same_element[pairs]
-        _check_close_pairs(atoms, i, j, distance, name)
-        _check_co_located(atoms, i[distance < DUPLICATE_TOL], j[distance < DUPLICATE_TOL], name)
     total_occupancy = float(atoms.occupancies[keep].sum())
     volume = abs(float(np.linalg.det(atoms.lattice)))
     if volume / total_occupancy < MIN_VOLUME_PER_ATOM:
@@ -225,6 +236,9 @@ def resolve_sites(atoms: Atoms, name: str, policy: OccupancyPolicy) -> Sites:
             f"{name}: {volume / total_occupancy:.3g} Å^3 per atom"
             f" (< {MIN_VOLUME_PER_ATOM:g}; {total_occupancy:g} atoms in {volume:.3g} Å^3)",
         )
+    if len(i):
+        _check_close_pairs(atoms, i, j, distance, name)
+        _check_co_located(atoms, i[distance < ROUNDING_TOL], j[distance < ROUNDING_TOL], name)
     kept = np.flatnonzero(keep)
     if len(i) == 0 and (atoms.occupancies[kept] >= 1.0 - OCCUPANCY_TOL).all():
         # nothing to merge and every atom fully occupied: an ordered cell (the common case)
@@ -242,9 +256,11 @@ def _site_groups(
     """Kept atoms grouped into sites, ordered by their first atom.
 
     Atoms linked by a close pair form one site when their occupancies sum to at most
-    1 + OVER_TOL. An over-full group (a chain of alternatives, such as an O split over two
-    positions and the H of one of them) is split into its same-element groups, and a group still
-    over-full into single atoms: each pair in it is already known to be mutually exclusive.
+    1 + OVER_TOL. An over-full group is a chain of alternatives of more than one atom: it is
+    split into its same-element groups, each one site (an O split over two positions, and the H
+    of one of them), and a same-element group that is still over-full into single positions (an
+    orientationally disordered N2 molecule: two N over eight positions of 1/4): every pair
+    closer than MERGE_TOL in it is already known to be mutually exclusive.
     """
     occ = atoms.occupancies.tolist()
     groups: list[list[int]] = []
@@ -259,13 +275,13 @@ def _site_groups(
         for part in _components(group, links):
             if sum(occ[k] for k in part) <= 1.0 + OVER_TOL:
                 groups.append(part)
-            else:
+            else:  # alternatives of more than one atom: each position its own site
                 groups += [[k] for k in part]
     return sorted(groups)
 
 
 def _check_co_located(atoms: Atoms, i: np.ndarray, j: np.ndarray, name: str) -> None:
-    """Atoms at one position (closer than DUPLICATE_TOL) share one site's occupancy."""
+    """Atoms at one position (closer than ROUNDING_TOL) share one site's occupancy."""
     if len(i) == 0:
         return
     occ = atoms.occupancies.tolist()
@@ -374,7 +390,7 @@ def _check_close_pairs(
     atoms: Atoms, i: np.ndarray, j: np.ndarray, distance: np.ndarray, name: str
 ) -> None:
     """Atoms at distinct positions closer than MERGE_TOL must share one site's occupancy."""
-    apart = distance >= DUPLICATE_TOL
+    apart = distance >= ROUNDING_TOL
     summed = atoms.occupancies[i] + atoms.occupancies[j]
     bad = np.flatnonzero(apart & (summed > 1.0 + OVER_TOL))
     if len(bad):

@@ -22,12 +22,30 @@ Input B, :func:`ingest_table`: a CSV or JSON Lines table with a ``cif`` column (
 the row number), optional text columns ``title``, ``abstract``, ``keywords``, ``doi``; every
 other numeric column goes into ``meta`` (e.g. perov_5's ``heat_ref``, ``dir_gap``).
 
-Both write the records with :func:`~clasp_pl.data.records.write_records`, the rejects as JSON
-Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts. Bad input
-never raises: every problem becomes a reject. Work is spread over ``workers`` processes with
-the output order equal to the input order. How a record's disorder and size were resolved is kept
-in its ``meta`` when it happened: ``n_disordered_sites``, ``n_dropped_sites`` (vacancy-majority
-sites removed) and ``primitive_cell`` (the primitive cell replaced a too large conventional one).
+Both write the records (gzip JSON Lines, :mod:`clasp_pl.data.records`), the rejects as JSON
+Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts per reason.
+Bad input never raises: every problem becomes a reject. Work is spread over ``workers``
+processes with the output order equal to the input order.
+
+Bounded and resumable:
+
+- each file is read by :func:`~clasp_pl.data.cif.parse_cif` with the options of
+  :class:`IngestOptions` (default: disorder kept with the ``mixed`` policy, the stated formula
+  checked, at most ``max_atoms`` sites and ``5 × max_atoms`` atoms in the conventional cell);
+- each file gets ``time_limit`` seconds (default 60; reject ``timeout``), and each worker
+  process at most ``worker_memory_gb`` GiB of address space (default 4; reject
+  ``out_of_memory``), see :mod:`clasp_pl.data.limits`;
+- the output is written in shards with a manifest and assembled at the end; a killed run that is
+  started again with the same inputs and options resumes after its last finished shard and
+  writes the same bytes as an uninterrupted run (:mod:`clasp_pl.data.shards`).
+
+How a record was read is kept in its ``meta`` when it was not plain: ``n_disordered_sites``
+(mixed or partially occupied sites), ``n_dropped_sites`` (vacancy-majority sites removed by the
+``majority`` policy), ``n_repeated_sites`` (atoms listed twice at one position, counted once),
+``primitive_cell`` (the primitive cell replaced a too large conventional one), ``n_dummy_sites`` (dummy atoms and centroids dropped), ``text_encoding`` (``cp1252`` or
+``latin-1`` when the bytes were not UTF-8), ``repaired_syntax`` (a multi-line quoted value or a
+value-less last tag was repaired), ``assumed_p1`` (no symmetry information) and
+``hydrogen_not_located`` (the stated formula has H, no site does; H was exempt from the check).
 """
 
 from __future__ import annotations
@@ -485,11 +503,12 @@ def _record(job: Job, parsed: ParsedCif) -> CrystalRecord:
 
 def resolution_meta(parsed: ParsedCif) -> dict[str, int | bool | str]:
     """How a CIF was read, when it was not plain (see the module docstring): disorder, size,
-    dropped dummy atoms, a fallback text encoding, repaired quotes, assumed P1 symmetry, and
+    repeated and dummy atoms, a fallback text encoding, repaired syntax, assumed P1 symmetry, and
     hydrogen exempt from the formula check."""
     notes: dict[str, int | bool | str] = {
         "n_disordered_sites": parsed.n_disordered,
         "n_dropped_sites": parsed.n_dropped,
+        "n_repeated_sites": parsed.sites.n_repeated,
         "primitive_cell": parsed.primitive,
         "n_dummy_sites": parsed.n_dummy_sites,
         "text_encoding": parsed.encoding if parsed.encoding != "utf-8" else "",

@@ -52,10 +52,14 @@ def run_key(parts: Iterable[Any]) -> str:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """Counts of one finished shard."""
+    """Counts of one finished shard: records kept and rejects per reason."""
 
     kept: int
     rejected: dict[str, int]
+
+    @property
+    def items(self) -> int:
+        return self.kept + sum(self.rejected.values())
 
 
 class ShardedOutput:
@@ -82,7 +86,7 @@ class ShardedOutput:
     @property
     def done_items(self) -> int:
         """Number of inputs whose results are already in finished shards."""
-        return len(self.shards) * self.shard_size
+        return sum(shard.items for shard in self.shards)
 
     def write(self, results: Iterable[CrystalRecord | Reject]) -> None:
         """Write ``results`` of the inputs from :attr:`done_items` on, one shard at a time."""
