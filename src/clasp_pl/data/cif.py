@@ -441,8 +441,8 @@ def check_cell(params: list[float], name: str) -> tuple[float, ...]:
         raise CifError("unphysical_cell", f"{name}: cell length <= 0 in {params}")
     if not all(0 < angle < 180 for angle in (alpha, beta, gamma)):
         raise CifError("unphysical_cell", f"{name}: cell angle outside (0, 180) in {params}")
-    cosines = np.cos(np.radians([alpha, beta, gamma]))
-    factor = 1 - (cosines**2).sum() + 2 * cosines.prod()
+    cos_a, cos_b, cos_g = (math.cos(math.radians(angle)) for angle in (alpha, beta, gamma))
+    factor = 1 - cos_a**2 - cos_b**2 - cos_g**2 + 2 * cos_a * cos_b * cos_g
     if factor <= 1e-8:
         raise CifError("unphysical_cell", f"{name}: the cell angles close no cell in {params}")
     return tuple(params)
@@ -465,6 +465,22 @@ def _site_columns(block: gemmi.cif.Block) -> tuple[list[list[str] | None], int]:
         index = position.get("_atom_site_" + tag)
         columns.append(values[index::width] if index is not None else None)
     return columns, loop.length()
+
+
+def lattice_matrix(params: tuple[float, ...]) -> np.ndarray:
+    """``[3, 3]`` lattice vectors (rows, Å) of ``(a, b, c, alpha, beta, gamma)``, in pymatgen's
+    ``Lattice.from_parameters`` orientation (c along z), computed without building a Lattice."""
+    a, b, c, alpha, beta, gamma = params
+    cos_a, cos_b, cos_g = (math.cos(math.radians(angle)) for angle in (alpha, beta, gamma))
+    sin_a, sin_b = math.sin(math.radians(alpha)), math.sin(math.radians(beta))
+    gamma_star = math.acos(max(-1.0, min(1.0, (cos_a * cos_b - cos_g) / (sin_a * sin_b))))
+    return np.array(
+        [
+            [a * sin_b, 0.0, a * cos_b],
+            [-b * sin_a * math.cos(gamma_star), b * sin_a * math.sin(gamma_star), b * cos_a],
+            [0.0, 0.0, c],
+        ]
+    )
 
 
 def _asymmetric_unit(
@@ -514,7 +530,7 @@ def _asymmetric_unit(
         bad = labels[int(np.flatnonzero(~np.isfinite(frac_array).all(axis=1))[0])]
         raise CifError("non_finite", f"{name}: site {bad} has non-finite coordinates")
     unit = AsymmetricUnit(
-        lattice=Lattice.from_parameters(*params).matrix,
+        lattice=lattice_matrix(params),
         frac=frac_array,
         elements=elements,
         occupancies=np.array(occupancies, dtype=float),

@@ -47,6 +47,7 @@ Steps (all distances periodic, in Å):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -229,7 +230,7 @@ def resolve_sites(atoms: Atoms, name: str, policy: OccupancyPolicy) -> Sites:
         pairs = keep[i] & keep[j]
         i, j, distance, same_element = i[pairs], j[pairs], distance[pairs], same_element[pairs]
     total_occupancy = float(atoms.occupancies[keep].sum())
-    volume = abs(float(np.linalg.det(atoms.lattice)))
+    volume = _volume(atoms.lattice)
     if volume / total_occupancy < MIN_VOLUME_PER_ATOM:
         raise CifError(
             "unphysical_cell",
@@ -356,8 +357,21 @@ def _lengths(delta: np.ndarray, lattice: np.ndarray) -> np.ndarray:
 
 
 def _min_width(lattice: np.ndarray) -> float:
-    """Smallest distance between opposite faces of the cell, Å (1 / longest reciprocal vector)."""
-    return 1.0 / float(np.sqrt((np.linalg.inv(lattice) ** 2).sum(axis=0)).max())
+    """Smallest distance between opposite faces of the cell, Å: volume / largest face area."""
+    a, b, c = lattice.tolist()
+    faces = [_cross(b, c), _cross(c, a), _cross(a, b)]
+    volume = abs(sum(x * y for x, y in zip(a, faces[0], strict=True)))
+    return volume / max(math.sqrt(sum(x * x for x in face)) for face in faces)
+
+
+def _volume(lattice: np.ndarray) -> float:
+    """Cell volume, Å^3."""
+    a, b, c = lattice.tolist()
+    return abs(sum(x * y for x, y in zip(a, _cross(b, c), strict=True)))
+
+
+def _cross(u: list[float], v: list[float]) -> list[float]:
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
 
 
 def _coset_firsts(products: np.ndarray, fixed: np.ndarray) -> np.ndarray:

@@ -120,10 +120,11 @@ def block_symmetry(block: gemmi.cif.Block, cell: tuple[float, ...]) -> Symmetry:
         SymmetryError: an operation list with an unreadable operation.
     """
     for tag in SYMOP_TAGS:
-        triplets = [_text(value) for value in block.find_values(tag)]
-        triplets = [triplet for triplet in triplets if triplet]
-        if triplets:
-            return _listed_symmetry(tuple(triplets), tag)
+        raw = _raw_values(block, tag)
+        if raw:
+            symmetry = _listed_symmetry(raw, tag)
+            if symmetry is not None:
+                return symmetry
     for tag in HALL_TAGS:
         hall = _tag_text(block, tag)
         if hall:
@@ -194,9 +195,21 @@ def _from_ops(ops: list[gemmi.Op], source: str, assumed_p1: bool = False) -> Sym
 
 
 @lru_cache(maxsize=2048)
-def _listed_symmetry(triplets: tuple[str, ...], tag: str) -> Symmetry:
-    """Symmetry of an operation list (cached: a few hundred lists cover most files)."""
-    return _from_ops([_op(triplet, tag) for triplet in triplets], tag)
+def _listed_symmetry(raw: tuple[str, ...], tag: str) -> Symmetry | None:
+    """Symmetry of an operation list as written (cached: a few hundred lists cover most files);
+    None when every value is ``?`` or ``.``."""
+    triplets = [triplet for triplet in map(_text, raw) if triplet]
+    return _from_ops([_op(triplet, tag) for triplet in triplets], tag) if triplets else None
+
+
+def _raw_values(block: gemmi.cif.Block, tag: str) -> tuple[str, ...]:
+    """The raw values of ``tag`` (a loop column is read in one call: its loop's flat values)."""
+    column = block.find_loop(tag)
+    loop = column.get_loop()
+    if loop is None:
+        return tuple(block.find_values(tag))
+    position = [name.lower() for name in loop.tags].index(tag.lower())
+    return tuple(loop.values[position :: loop.width()])
 
 
 def _op_keys(rot: np.ndarray, tran: np.ndarray) -> np.ndarray:

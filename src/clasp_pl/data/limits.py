@@ -29,8 +29,12 @@ except ImportError:  # Windows: no RLIMIT_AS
     resource = None  # type: ignore[assignment]
 
 
-class TimeLimitExceeded(Exception):
-    """Raised inside a :func:`time_limit` block that ran past its limit."""
+class TimeLimitExceeded(BaseException):
+    """Raised inside a :func:`time_limit` block that ran past its limit.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that the ``except Exception`` with which
+    readers turn library errors into rejects does not swallow it.
+    """
 
 
 def _can_alarm() -> bool:

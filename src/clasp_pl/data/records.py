@@ -32,7 +32,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +194,7 @@ class CrystalRecord:
     def to_json(self) -> str:
         """One JSON line; ``occupancies`` is left out when empty (an ordered record reads the same
         in format 1 and 2)."""
-        values = asdict(self)
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}  # no deep copy (asdict)
         if not self.occupancies:
             del values["occupancies"]
         return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
@@ -202,6 +202,9 @@ class CrystalRecord:
     @classmethod
     def from_json(cls, line: str) -> CrystalRecord:
         return cls(**json.loads(line))
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(CrystalRecord))
 
 
 def write_records(records: Iterable[CrystalRecord], path: str | Path) -> int:
