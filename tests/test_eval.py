@@ -107,6 +107,7 @@ def test_eval_writes_table_with_baselines_and_plots(trained_run):
         "recall_at_k.png",
         "embedding_map_crystal_system.png",
         "embedding_map_keywords.png",
+        "embedding_map.html",
     ):
         assert (out / name).stat().st_size > 0, name
     assert "lexical" in (out / "metrics.md").read_text()

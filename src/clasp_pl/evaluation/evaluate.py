@@ -15,6 +15,8 @@ paper), embeds the split, and writes into ``OUT`` (default: ``<run>/eval-<split>
 - ``recall_at_k.png``: Recall@k curves, both directions, model vs baselines;
 - ``embedding_map_crystal_system.png`` / ``embedding_map_keywords.png``: t-SNE maps of the
   structure embeddings coloured by crystal system and by keyword category;
+- ``embedding_map.html``: the same structures as an interactive map (hover for id, formula,
+  space group, mineral and title; one self-contained file that opens offline);
 - ``screening.md`` and ``zero_shot_roc.png``: keyword screening (zero-shot classification).
 """
 
@@ -54,8 +56,11 @@ from clasp_pl.evaluation.split import (
 )
 from clasp_pl.evaluation.zero_shot import DEFAULT_KEYWORDS, load_keyword_config, screen_keywords
 from clasp_pl.search.alpha_store import save_alpha
+from clasp_pl.viz import record_points, write_embedding_map
 
 logger = logging.getLogger(__name__)
+EMBEDDING_MAP = "embedding_map.html"
+"""The interactive map of the split's structure embeddings written beside the PNGs."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,13 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         keyword_labels(embeddings.captions, keyword_config["keywords"]) if keyword_config else {}
     )
     plots.embedding_maps(embeddings.crystal, embeddings.records, labels, out_dir, options.seed)
+    write_embedding_map(
+        embeddings.crystal,
+        record_points(embeddings.records),
+        out_dir / EMBEDDING_MAP,
+        cache_dir=out_dir / "map-cache",
+        title=f"CLaSP structure embeddings, {options.split} split (t-SNE)",
+    )
     if keyword_config:
         metrics["screening"] = screen_keywords(
             model, embeddings, keyword_config, labels, datamodule.max_length, out_dir
