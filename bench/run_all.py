@@ -19,6 +19,7 @@ import torch
 BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("featurization", ["bench_featurize.py", "--n", "1000"], ["--n", "200"]),
+    ("ingestion", ["bench_ingest.py"], ["--n", "500", "--repeat", "1", "--n-pymatgen", "50"]),
     ("training step (CPU)", ["bench_train_step.py", "--steps", "8"], ["--steps", "2"]),
     (
         "training step (GPU)",

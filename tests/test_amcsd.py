@@ -25,7 +25,8 @@ from clasp_pl.data.amcsd import (
 )
 from clasp_pl.data.cif import CifError
 from clasp_pl.data.commands import main
-from clasp_pl.data.records import iter_records, read_records
+from clasp_pl.data.records import CrystalRecord, iter_records, read_records
+from clasp_pl.data.rejects import Reject
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEFAULT = DATA / "amcsd_default.jsonl.gz"
@@ -199,8 +200,11 @@ def test_build_default_tiny(tiny_db: Path, tmp_path: Path) -> None:
     assert halite.meta["year"] == 2003 and halite.meta["mineral"] == "Halite"
     assert halite.group == olivine.group == "amcsd-pub:American Mineralogist|88|247"
     assert halite.lattice[0][0] == pytest.approx(5.64)
-    # Fe0.7Mg0.3 site ×2 → Fe, OH ×2 → O, Wat ×2 → O (not tungsten)
+    # Fe0.7Mg0.3 site ×2 (labelled by Fe, its dominant element), OH ×2 → O, Wat ×2 → O (not W)
     assert collections.Counter(olivine.species) == {"Fe": 2, "O": 4}
+    assert olivine.composition.as_dict() == pytest.approx({"Fe": 1.4, "Mg": 0.6, "O": 4.0})
+    assert olivine.occupancies.count({"Fe": 0.7, "Mg": 0.3}) == 2
+    assert olivine.meta["n_disordered_sites"] == 2 and halite.is_ordered
     assert "Note" not in olivine.title and "_cod" not in olivine.title
     rejects = (tmp_path / "default.rejects.jsonl").read_text()
     assert "amcsd-3" in rejects and "Xx" in rejects
@@ -222,6 +226,23 @@ def test_book_imprint_is_not_a_title(tiny_db: Path, tmp_path: Path) -> None:
     assert "book imprint" in (tmp_path / "default.rejects.jsonl").read_text()
 
 
+def test_amcsd_formula_is_checked(tiny_db: Path, tmp_path: Path) -> None:
+    connection = sqlite3.connect(tiny_db)
+    connection.execute("UPDATE cif SET formula = 'Na Cl' WHERE id = 1")
+    connection.execute("UPDATE cif SET formula = '(Fe.7 Mg.3) O2 H' WHERE id = 2")
+    connection.commit()
+    out = tmp_path / "default.jsonl.gz"
+    assert build_default(tiny_db, out, progress=False)["kept"] == 2  # both agree
+    connection.execute("UPDATE cif SET formula = 'K Mg O2' WHERE id = 2")
+    connection.commit()
+    connection.close()
+    summary = build_default(tiny_db, out, progress=False)
+    assert summary["rejected"] == {"formula_mismatch": 1, "unknown_element": 1}
+    assert "Fe extra" in (tmp_path / "default.rejects.jsonl").read_text()
+    unchecked = build_default(tiny_db, out, check_formula=False, progress=False)
+    assert unchecked["kept"] == 2
+
+
 def test_build_default_command(tiny_db: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli.jsonl.gz"
     assert main(["build-default", "--db", str(tiny_db), "--out", str(out), "--no-progress"]) == 0
@@ -235,6 +256,41 @@ def test_missing_larixite_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) 
         find_default_db()
     assert main(["build-default", "--out", str(tmp_path / "x.jsonl.gz")]) == 2
     assert "--db" in capsys.readouterr().err
+
+
+# --- entries of the real database (larixite's amcsd_cif1.db) -----------------------------------
+
+# entries that lost an element of their formula under the majority policy (issue 15)
+LOST_UNDER_MAJORITY = {
+    19141: {"Ca", "C", "O"},  # vaterite CaCO3: the disordered carbonate
+    9832: {"Mg", "Ti", "O"},  # qandilite Mg2TiO4: the Mg/Ti site ties
+    19147: {"Cu", "Se"},  # superionic Cu2Se: Cu spread over low-occupancy sites
+    19149: {"Cu", "Se"},
+    14179: {"Pb", "Bi", "Se"},  # poubaite
+    12314: {"Pr", "Ca", "Sr", "Mn", "O"},  # (Pr,Ca,Sr)MnO3
+}
+
+
+@pytest.fixture(scope="module")
+def real_rows() -> dict[int, amcsd.AmcsdRow]:
+    try:
+        db = find_default_db()
+    except FileNotFoundError:
+        pytest.skip("larixite's amcsd_cif1.db is not installed (pip install larixite)")
+    return {row.id: row for row in iter_rows(db) if row.id in LOST_UNDER_MAJORITY}
+
+
+@pytest.mark.parametrize("amcsd_id", sorted(LOST_UNDER_MAJORITY))
+def test_real_entries_keep_every_element(real_rows, amcsd_id: int) -> None:
+    row = real_rows[amcsd_id]
+    record = amcsd.row_to_record(row)
+    assert isinstance(record, CrystalRecord), record
+    elements = {element.symbol for element in record.composition.elements}
+    assert elements == LOST_UNDER_MAJORITY[amcsd_id] and not record.is_ordered
+    majority = amcsd.row_to_record(row, occupancy="majority", check_formula=False)
+    assert {el.symbol for el in majority.composition.elements} < LOST_UNDER_MAJORITY[amcsd_id]
+    refused = amcsd.row_to_record(row, occupancy="majority")
+    assert isinstance(refused, Reject) and refused.reason == "formula_mismatch"
 
 
 # --- the committed default dataset ------------------------------------------------------------

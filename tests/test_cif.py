@@ -72,7 +72,7 @@ def test_cod_samples_parse_with_text(reader: str) -> None:
     for path in COD_FILES:
         parsed = read_cif(path, reader=reader)
         assert isinstance(parsed, ParsedCif), parsed
-        assert parsed.structure.is_ordered and len(parsed.structure) > 0
+        assert len(parsed.structure) > 0 and parsed.encoding == "utf-8"
         assert parsed.text.title and parsed.text.title == parsed.text.title.strip()
         assert "\n" not in parsed.text.title
         assert parsed.text.year and 1900 < parsed.text.year < 2100
@@ -114,22 +114,32 @@ def test_gemmi_agrees_with_pymatgen() -> None:
 
 
 @pytest.mark.parametrize("reader", ["gemmi", "pymatgen"])
-def test_mixed_site_majority_and_skip(reader: str) -> None:
+def test_mixed_site_kept_by_default_majority_and_skip(reader: str) -> None:
     parsed = parse_cif(_mixed_site_cif(0.6, 0.4), "mixed.cif", reader=reader)
     # Fe/Mg site ×2 (general position), O1 ×2, O2 ×1 (on the inversion centre)
-    assert sorted(parsed.structure.composition.as_dict().items()) == [("Fe", 2.0), ("O", 3.0)]
+    assert parsed.composition == pytest.approx({"Fe": 1.2, "Mg": 0.8, "O": 3.0})
+    assert parsed.sites.species.count("Fe") == 2  # the dominant element labels the site
+    assert parsed.sites.occupancies.count({"Fe": 0.6, "Mg": 0.4}) == 2
     assert parsed.n_disordered == 2
     assert parsed.text.title == "A mixed site in olivine"
     assert parsed.text.doi == "10.1000/xyz"
+    majority = parse_cif(
+        _mixed_site_cif(0.6, 0.4), "mixed.cif", reader=reader, occupancy="majority"
+    )
+    assert sorted(majority.structure.composition.as_dict().items()) == [("Fe", 2.0), ("O", 3.0)]
+    assert majority.n_disordered == 2 and majority.structure.is_ordered
     with pytest.raises(CifError) as err:
         parse_cif(_mixed_site_cif(0.6, 0.4), "mixed.cif", reader=reader, occupancy="skip")
     assert err.value.reason == "partial_occupancy" and "mixed.cif" in err.value.message
 
 
-def test_vacancy_majority_site_is_dropped() -> None:
+def test_vacancy_majority_site_kept_partial_or_dropped_by_majority() -> None:
     parsed = parse_cif(_mixed_site_cif(0.2, 0.1), "vacant.cif")
-    assert parsed.structure.composition.reduced_formula == "O2"
-    assert parsed.n_dropped == 2
+    assert parsed.composition == pytest.approx({"Fe": 0.4, "Mg": 0.2, "O": 3.0})
+    assert parsed.n_dropped == 0 and not parsed.structure.is_ordered
+    majority = parse_cif(_mixed_site_cif(0.2, 0.1), "vacant.cif", occupancy="majority")
+    assert majority.structure.composition.reduced_formula == "O2"
+    assert majority.n_dropped == 2
 
 
 def test_split_positions_merge_into_one_site() -> None:
@@ -178,10 +188,12 @@ def test_truncated_cif(tmp_path: Path, brookite: bytes) -> None:
 
 
 @needs_cod
-def test_not_utf8(tmp_path: Path, brookite: bytes) -> None:
+def test_not_utf8_is_decoded_with_a_fallback(tmp_path: Path, brookite: bytes) -> None:
     path = tmp_path / "latin.cif"
     path.write_bytes(brookite.replace(b"brookite", "brookit\u00e9".encode("latin-1"), 1))
-    assert _reject(path).reason == "not_utf8"
+    parsed = read_cif(path)
+    assert isinstance(parsed, ParsedCif) and parsed.encoding == "cp1252"
+    assert "brookité in mechanical activation" in parsed.text.title
 
 
 @needs_cod
@@ -189,7 +201,11 @@ def test_half_occupancy_under_skip(tmp_path: Path, brookite: bytes) -> None:
     path = tmp_path / "half.cif"
     path.write_bytes(brookite.replace(b"0. 0. 0. 1. 0 d", b"0. 0. 0. 0.5 0 d"))
     assert _reject(path, occupancy="skip").reason == "partial_occupancy"
-    assert isinstance(read_cif(path), ParsedCif)
+    # kept with its half-empty Ti site, unless the formula TiO2 is checked: Ti0.5O2 is not it
+    assert _reject(path).reason == "formula_mismatch"
+    parsed = read_cif(path, check_stated_formula=False)
+    assert isinstance(parsed, ParsedCif)
+    assert parsed.composition["Ti"] == pytest.approx(0.5 * parsed.composition["O"] / 2)
 
 
 @needs_cod

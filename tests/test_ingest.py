@@ -118,20 +118,25 @@ def test_jsonl_table_with_paths_and_bad_bytes(tmp_path: Path) -> None:
     table = tmp_path / "table.jsonl"
     table.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     summary = ingest_table(table, tmp_path / "out.jsonl.gz", progress=False)
-    assert summary["rejected"] == {"not_utf8": 1, "unparseable": 1, "unreadable": 1}
+    # b.cif's latin-1 bytes decode (cp1252); it is then refused for having no atoms
+    assert summary["rejected"] == {"no_sites": 1, "unparseable": 1, "unreadable": 1}
     (record,) = read_records(tmp_path / "out.jsonl.gz")
     assert record.title == "Salt" and record.keywords == ["rock", "salt"]
     assert record.meta["band_gap"] == 5.0
 
 
-def test_non_utf8_csv_row_is_rejected(tmp_path: Path) -> None:
+def test_non_utf8_csv_row_is_decoded_and_noted(tmp_path: Path) -> None:
     cif = (COD_SAMPLE / "1000041.cif").read_bytes()
     good = b'"' + cif.replace(b'"', b'""') + b'"'
     bad = good.replace(b"sodium", b"s\xf6dium", 1)
+    assert bad != good
     table = tmp_path / "t.csv"
     table.write_bytes(b"id,cif\nok," + good + b"\nbad," + bad + b"\n")
     summary = ingest_table(table, tmp_path / "o.jsonl.gz", progress=False)
-    assert summary["kept"] == 1 and summary["rejected"] == {"not_utf8": 1}
+    assert summary["kept"] == 2 and summary["rejected"] == {}
+    ok, decoded = read_records(tmp_path / "o.jsonl.gz")
+    assert "text_encoding" not in ok.meta and decoded.meta["text_encoding"] == "cp1252"
+    assert "södium" in decoded.title and decoded.species == ok.species
 
 
 def test_command_line(cod_mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -183,7 +188,7 @@ def test_disorder_and_primitive_cell_are_noted_in_meta(tmp_path: Path) -> None:
     vacant = Structure(Lattice.cubic(4.0), [{"Fe": 0.2}, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     rows = [
         _cif_row("super", rocksalt * (3, 3, 3)),  # 216 sites > max_atoms: the primitive cell
-        _cif_row("vacant", vacant),  # a mostly empty Fe site is dropped
+        _cif_row("vacant", vacant),  # a mostly empty Fe site
         _cif_row("plain", rocksalt),
     ]
     table = tmp_path / "t.jsonl"
@@ -191,8 +196,19 @@ def test_disorder_and_primitive_cell_are_noted_in_meta(tmp_path: Path) -> None:
     ingest_table(table, tmp_path / "t.jsonl.gz", progress=False)
     records = {record.id: record for record in read_records(tmp_path / "t.jsonl.gz")}
     assert records["super"].meta["primitive_cell"] is True and records["super"].num_sites == 2
-    assert records["vacant"].meta["n_dropped_sites"] == 1
-    assert records["vacant"].meta["n_disordered_sites"] == 1
+    vacant_record = records["vacant"]  # kept partially occupied by the default policy
+    assert vacant_record.meta["n_disordered_sites"] == 1
+    assert "n_dropped_sites" not in vacant_record.meta
+    assert vacant_record.occupancies == [{"Fe": 0.2}, {"O": 1.0}]
+    assert vacant_record.composition.as_dict() == {"Fe": 0.2, "O": 1.0}
     assert not {"primitive_cell", "n_dropped_sites", "n_disordered_sites"} & set(
         records["plain"].meta
     )
+    majority = IngestOptions(occupancy="majority", require_text=False)
+    summary = ingest_table(table, tmp_path / "m.jsonl.gz", options=majority, progress=False)
+    assert summary["rejected"] == {"formula_mismatch": 1}  # Fe0.2 O1 (CifWriter) is not O
+    majority = IngestOptions(occupancy="majority", require_text=False, check_formula=False)
+    ingest_table(table, tmp_path / "m.jsonl.gz", options=majority, progress=False)
+    records = {record.id: record for record in read_records(tmp_path / "m.jsonl.gz")}
+    assert records["vacant"].meta["n_dropped_sites"] == 1  # the majority policy drops it
+    assert records["vacant"].species == ["O"] and records["vacant"].is_ordered

@@ -29,7 +29,8 @@ from pymatgen.core import Element
 
 from clasp_pl.data.cache import file_fingerprint
 from clasp_pl.data.cif import CifError, parse_cif
-from clasp_pl.data.ingest import write_outputs
+from clasp_pl.data.cif_sites import OccupancyPolicy
+from clasp_pl.data.ingest import resolution_meta, write_outputs
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group
 from clasp_pl.data.rejects import Reject
@@ -93,6 +94,7 @@ class AmcsdRow:
     frac: np.ndarray
     occupancies: np.ndarray | None
     elements: list[str]
+    formula: str = ""
 
 
 def find_default_db() -> Path:
@@ -200,6 +202,8 @@ def label_element(label: str, allowed: set[str]) -> str:
     letters = re.sub(r"[^A-Za-z]", "", label)
     if letters.upper() in _LABEL_ALIASES and letters.upper() not in {e.upper() for e in allowed}:
         return _LABEL_ALIASES[letters.upper()]
+    if letters.upper().startswith("WAT") and "W" not in allowed:
+        return "O"  # water molecules labelled Watd, WatM3, Wat-Int: not tungsten
     candidates = [c for c in (letters[:2].capitalize(), letters[:1].upper()) if c]
     candidates = [c for c in candidates if Element.is_valid_symbol(c) or c in _LABEL_ALIASES]
     for candidate in candidates:
@@ -223,7 +227,7 @@ def iter_rows(db: str | Path) -> Iterator[AmcsdRow]:
             SELECT c.id, c.pub_title, m.name, p.id, p.journalname, p.volume, p.year,
                    p.page_first, c.a, c.b, c.c, c.alpha, c.beta, c.gamma,
                    s.symmetry_xyz, c.atoms_sites, c.atoms_x, c.atoms_y, c.atoms_z,
-                   c.atoms_occupancy
+                   c.atoms_occupancy, c.formula
             FROM cif c
             LEFT JOIN minerals m ON m.id = c.mineral_id
             LEFT JOIN publications p ON p.id = c.publication_id
@@ -253,7 +257,7 @@ def _elements(connection: sqlite3.Connection) -> dict[str, set[str]]:
 
 def _row(row: tuple, authors: dict[int, list[str]], elements: dict[str, set[str]]) -> AmcsdRow:
     (cif_id, title, mineral, pub_id, journal, volume, year, page_first) = row[:8]
-    cell, (symops, labels, x, y, z, occupancy) = list(row[8:14]), row[14:]
+    cell, (symops, labels, x, y, z, occupancy, formula) = list(row[8:14]), row[14:]
     frac = np.stack([decode_farray(x), decode_farray(y), decode_farray(z)], axis=1)
     return AmcsdRow(
         id=int(cif_id),
@@ -270,11 +274,13 @@ def _row(row: tuple, authors: dict[int, list[str]], elements: dict[str, set[str]
         frac=frac,
         occupancies=None if occupancy in (None, "0", 0) else decode_farray(occupancy),
         elements=elements.get(str(cif_id), set()),
+        formula=(formula or "").strip(),
     )
 
 
 def row_to_cif(row: AmcsdRow) -> str:
-    """A minimal CIF (cell, symmetry operations, atom sites) of one database row.
+    """A minimal CIF (cell, symmetry operations, atom sites, and AMCSD's formula as
+    ``_chemical_formula_sum`` so that the reader checks the sites against it) of one row.
 
     Raises:
         CifError: ``unknown_element`` for a label naming no element, ``non_finite`` for an
@@ -288,6 +294,8 @@ def row_to_cif(row: AmcsdRow) -> str:
     lines += [f"_cell_length_{tag} {value:.6f}" for tag, value in zip(tags, cell[:3], strict=True)]
     tags = ("alpha", "beta", "gamma")
     lines += [f"_cell_angle_{tag} {value:.6f}" for tag, value in zip(tags, cell[3:], strict=True)]
+    if row.formula and "'" not in row.formula:
+        lines.append(f"_chemical_formula_sum '{row.formula}'")
     lines += ["loop_", "_space_group_symop_operation_xyz"]
     lines += [f"'{op.strip()}'" for op in row.symops]
     lines += ["loop_", "_atom_site_label", "_atom_site_type_symbol"]
@@ -312,14 +320,31 @@ def row_group(row: AmcsdRow, title: str) -> str:
     return paper_group(None, title, f"amcsd-{row.id}")
 
 
-def row_to_record(row: AmcsdRow, *, max_atoms: int = 200) -> CrystalRecord | Reject:
-    """Convert one database row to a record (majority occupancy policy); never raises.
+def row_to_record(
+    row: AmcsdRow,
+    *,
+    max_atoms: int = 200,
+    max_cell_atoms: int | None = None,
+    occupancy: OccupancyPolicy = "mixed",
+    check_formula: bool = True,
+) -> CrystalRecord | Reject:
+    """Convert one database row to a record; never raises.
 
-    Coordinates are rounded to 5 decimals (≈ 1e-4 Å for a 10 Å cell) to keep the file small.
+    Disorder follows ``occupancy`` (see :mod:`clasp_pl.data.cif_sites`); with ``check_formula``
+    the sites must agree with AMCSD's formula (``formula_mismatch`` otherwise; see
+    :mod:`clasp_pl.data.formula`). Coordinates are rounded to 5 decimals (≈ 1e-4 Å for a 10 Å
+    cell) to keep the file small.
     """
     record_id = f"amcsd-{row.id}"
     try:
-        parsed = parse_cif(row_to_cif(row), record_id, max_atoms=max_atoms)
+        parsed = parse_cif(
+            row_to_cif(row),
+            record_id,
+            max_atoms=max_atoms,
+            max_cell_atoms=max_cell_atoms,
+            occupancy=occupancy,
+            check_stated_formula=check_formula,
+        )
     except CifError as err:
         return err.to_reject(f"amcsd:{row.id}", record_id)
     title, conditions = split_title(row.title)
@@ -332,17 +357,19 @@ def row_to_record(row: AmcsdRow, *, max_atoms: int = 200) -> CrystalRecord | Rej
             "missing_text",
             f"{record_id}: the title field holds a book imprint ({title!r}), not a paper title",
         )
-    record = CrystalRecord.from_structure(
+    sites = parsed.sites
+    return CrystalRecord.from_sites(
         record_id,
-        parsed.structure,
+        sites.lattice,
+        sites.frac,
+        sites.species,
+        sites.occupancies,
+        decimals=5,
         title=title,
         group=row_group(row, title),
         source=f"amcsd:{row.id}",
-        meta=_meta(row, conditions),
+        meta={**_meta(row, conditions), **resolution_meta(parsed)},
     )
-    record.frac_coords = np.round(record.frac_coords, 5).tolist()
-    record.lattice = np.round(record.lattice, 5).tolist()
-    return record
 
 
 def _meta(row: AmcsdRow, conditions: list[str]) -> dict:
@@ -365,10 +392,15 @@ def build_default(
     out: str | Path,
     *,
     max_atoms: int = 200,
+    max_cell_atoms: int | None = None,
+    occupancy: OccupancyPolicy = "mixed",
+    check_formula: bool = True,
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the default records file from an AMCSD database (larixite's when ``db`` is None).
+
+    ``max_cell_atoms``, ``occupancy`` and ``check_formula`` are those of :func:`row_to_record`.
 
     Writes ``out``, its rejects (``<name>.rejects.jsonl``) and ``<name>.sha256`` (the SHA-256 of
     ``out``) next to it.
@@ -382,7 +414,13 @@ def build_default(
         raise FileNotFoundError(f"no AMCSD database at {db}: {LARIXITE_HINT}")
     out = Path(out)
     rows = list(iter_rows(db))
-    convert = partial(row_to_record, max_atoms=max_atoms)
+    convert = partial(
+        row_to_record,
+        max_atoms=max_atoms,
+        max_cell_atoms=max_cell_atoms,
+        occupancy=occupancy,
+        check_formula=check_formula,
+    )
     groups: set[str] = set()
 
     def noted(results: Iterator[CrystalRecord | Reject]) -> Iterator[CrystalRecord | Reject]:

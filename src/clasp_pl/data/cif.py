@@ -1,36 +1,62 @@
-"""Reading and validating one CIF into an ordered pymatgen ``Structure`` plus the paper's text.
+"""Reading and validating one CIF into the sites of one cell plus the paper's text.
 
 Two readers build the same result:
 
-* ``gemmi`` (default, fast): ``gemmi.cif.read_string`` + ``gemmi.make_small_structure_from_block``,
-  expanded to the full unit cell with the block's symmetry operations (vectorised here).
-* ``pymatgen``: ``CifParser`` (slower, stricter about some CIF dialects).
+* ``gemmi`` (default, fast): ``gemmi.cif.read_string`` parses the text; the atom-site loop,
+  cell, symmetry (:mod:`clasp_pl.data.cif_symmetry`) and element symbols are read here, and the
+  expansion to the full cell is vectorised (:mod:`clasp_pl.data.cif_sites`).
+* ``pymatgen``: ``CifParser`` expands the cell (slower; a second opinion). When gemmi can read
+  the text, its block also gives the text fields and the cell-size count for this reader; when it
+  cannot, pymatgen's tokenizer does.
 
-Both feed the same disorder handling (:func:`resolve_atoms`):
+What is read the way a crystallographer expects:
 
-1. Symmetry duplicates (same site label, closer than ``DUPLICATE_TOL`` = 0.02 Å, periodic) collapse
-   to one atom; sites on special positions are therefore counted once.
-2. Co-located atoms (closer than ``MERGE_TOL`` = 0.5 Å, periodic) form one disordered site whose
-   composition is the sum of their occupancies per element (a mixed Fe/Mg site, or split
-   positions of one atom).
-3. The occupancy policy orders each site:
+* **Bytes**: UTF-8 (a byte-order mark is dropped); a file that is not valid UTF-8 (a cp1252 ``’``
+  in an author name) is decoded as cp1252, else latin-1, and the record notes the encoding
+  (``meta["text_encoding"]``).
+* **Syntax**: when gemmi rejects the file, a single-quoted value that runs over several lines
+  and a value-less tag on the last line (``_eof``; both Crystallographica output, not valid
+  CIF 1.1, read by pymatgen) are repaired (``meta["repaired_syntax"]``).
+* **Symmetry**: operation lists under either tag, Hall symbols, Hermann–Mauguin symbols in old
+  and spaced spellings, IT numbers; no symmetry at all is read as P1 and noted
+  (``meta["assumed_p1"]``); see :mod:`clasp_pl.data.cif_symmetry`.
+* **Elements**: the type symbol, else the label, gives the element: oxidation states and charges
+  (``Fe3+``, ``O2-``) are dropped, label suffixes ignored, deuterium and tritium become ``H``.
+* **Dummy atoms** (ring centroids ``Cg1``, ``Cp1``, ``Cnt``; ``X``, ``Q``, ``Du``, ``Dum``,
+  ``Lp``; any site whose ``_atom_site_calc_flag`` is ``dum``) are dropped and counted
+  (``meta["n_dummy_sites"]``): they are geometry helpers, not atoms.
 
-   * ``majority`` (default): the site becomes its majority element. When the vacancy fraction
-     ``1 - sum(occupancies)`` is larger than every element's occupancy the site is *dropped*
-     (a mostly empty interstitial or water position is not an atom of the idealised structure).
-     Ties go to the element (first in the order read), never to the vacancy.
-   * ``skip``: any site whose occupancy is not full (below ``1 - OCCUPANCY_TOL``) or that mixes
-     elements rejects the whole structure with reason ``partial_occupancy``.
+Then, in order: the rows of the atom loop are counted (more than ``max_cell_atoms`` rows: rejected
+before they are read), the stated cell and occupancies are checked, the cell's atoms are counted
+after the symmetry operations and *before* any neighbour search (cap ``max_cell_atoms``,
+default 5 × ``max_atoms``; a site on a special position counts once), co-located atoms are
+merged into sites and the occupancy policy applies (``mixed`` by default: disorder is kept; see
+:mod:`clasp_pl.data.cif_sites` for ``mixed``, ``majority`` and ``skip``, and for what is merged),
+the composition is checked against ``_chemical_formula_sum`` (:mod:`clasp_pl.data.formula`),
+and a cell with more than ``max_atoms`` sites is replaced by its primitive cell (spglib) when
+that is small enough.
 
-Species are reduced to plain element symbols: oxidation states and charges (``Fe3+``, ``O2-``)
-are dropped, site-label suffixes are ignored, and the hydrogen isotopes deuterium and tritium
-(``D``, ``T``) become ``H``.
+Reject reasons (``Reject.reason``), every one a record can be refused for:
 
-Reject reasons (``Reject.reason``): ``unreadable`` (the file cannot be read), ``not_utf8``,
-``unparseable``, ``no_sites``, ``non_finite``, ``bad_cell`` (zero or negative cell volume),
-``partial_occupancy``, ``too_many_atoms``, ``unknown_element``; applied by ingestion,
-``missing_text``; and applied by the feature caches (:mod:`clasp_pl.data.featurize`) to a record
-whose graph or descriptors cannot be computed, ``featurization_failed``.
+* reading: ``unreadable`` (the file cannot be read), ``unparseable`` (not CIF syntax, no
+  readable atom loop, an unreadable symmetry operation, a reader error), ``no_sites`` (no atom
+  loop, or no occupied site left), ``unknown_element`` (a site whose symbol names no element
+  and no dummy atom);
+* impossible numbers: ``non_finite`` (a missing or non-numeric cell parameter or coordinate),
+  ``unphysical_cell`` (a cell length <= 0, an angle outside (0°, 180°) or angles that close no
+  cell, less than 1 Å^3 per atom, two atoms 0.1 to 0.5 Å apart whose occupancies sum above
+  1.05: they cannot both be there; split sites of one atom, whose occupancies add up to at most
+  1, are legitimate and become one site), ``bad_occupancy`` (an occupancy outside [0, 1.05], or
+  atoms at one position (within 0.1 Å) of different elements whose occupancies sum above 1.05:
+  rejected rather than normalised, since scaling would invent a composition the authors did not
+  report; sums up to 1.05 are rounding and are scaled to 1);
+* policy and size: ``partial_occupancy`` (policy ``skip``), ``too_many_atoms`` (more than
+  ``max_cell_atoms`` atoms in the conventional cell, or more than ``max_atoms`` sites in the
+  primitive cell), ``formula_mismatch`` (the sites disagree with ``_chemical_formula_sum``);
+* applied by ingestion (:mod:`clasp_pl.data.ingest`): ``missing_text``, ``timeout`` (the file
+  took longer than the per-file time limit), ``out_of_memory`` (the worker's memory limit was
+  hit); and applied by the feature caches (:mod:`clasp_pl.data.featurize`) to a record whose
+  graph or descriptors cannot be computed, ``featurization_failed``.
 """
 
 from __future__ import annotations
@@ -38,40 +64,59 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import gemmi
 import numpy as np
+import spglib
 from pymatgen.core import Element, Lattice, Structure
-from pymatgen.optimization.neighbors import find_points_in_spheres
 
-from clasp_pl.data.rejects import Reject
+from clasp_pl.data.cif_sites import (
+    AsymmetricUnit,
+    Atoms,
+    OccupancyPolicy,
+    Sites,
+    check_occupancies,
+    expand,
+    resolve_sites,
+)
+from clasp_pl.data.cif_symmetry import SymmetryError, block_symmetry
+from clasp_pl.data.formula import check_formula, parse_formula
+from clasp_pl.data.rejects import CifError, Reject
+
+__all__ = [
+    "DEFAULT_MAX_ATOMS",
+    "CifError",
+    "CifText",
+    "OccupancyPolicy",
+    "ParsedCif",
+    "Reader",
+    "clean_text",
+    "decode_cif_bytes",
+    "default_max_cell_atoms",
+    "element_symbol",
+    "parse_cif",
+    "read_cif",
+    "read_cif_text",
+]
 
 Reader = Literal["gemmi", "pymatgen"]
-OccupancyPolicy = Literal["majority", "skip"]
 
-MERGE_TOL = 0.5  # Å: atoms closer than this are one (possibly disordered) site
-DUPLICATE_TOL = 0.02  # Å: same-label atoms closer than this are one symmetry duplicate
-OCCUPANCY_TOL = 0.02  # occupancy >= 0.98 counts as full
 DEFAULT_MAX_ATOMS = 200
-RAW_ATOM_FACTOR = 100  # more than factor * max_atoms expanded atoms: reject before merging
+CELL_ATOM_FACTOR = 5  # default max_cell_atoms = CELL_ATOM_FACTOR * max_atoms
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+FORMULA_TAG = "_chemical_formula_sum"
+PRIMITIVE_SYMPREC = 0.1  # Å: tolerance of the lattice-translation search (spglib)
 
 _ISOTOPES = {"D": "H", "T": "H"}
+_DUMMY = re.compile(r"(?:X|Xx|Q|Du|Dum|Cg|Cp|Cnt|Ctr|Cent|Lp)(?![a-z])")
 _WS = re.compile(r"\s+")
-
-
-class CifError(Exception):
-    """A CIF that cannot become a record; ``reason`` is a :class:`Reject` code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-    def to_reject(self, source: str, record_id: str) -> Reject:
-        return Reject(source=source, id=record_id, reason=self.reason, message=self.message)
+_OPEN_QUOTE = re.compile(r"^(\s*_\S+\s+)(['\"])(.*)$")
+_BARE_TAG = re.compile(r"^\s*_\S+\s*$")
 
 
 @dataclass
@@ -86,49 +131,73 @@ class CifText:
 
 @dataclass
 class ParsedCif:
-    """An ordered structure and the text of its CIF.
+    """The sites of one cell and the text of its CIF, with notes on how they were read.
 
     Attributes:
-        structure: ordered pymatgen structure (one element per site, lattice in Å).
+        sites: lattice (Å), fractional coordinates, dominant species and, for a disordered cell,
+            the occupancies of each site (see :class:`~clasp_pl.data.cif_sites.Sites`).
         text: bibliographic fields of the CIF.
-        n_disordered: number of merged sites that were disordered before the policy applied.
-        n_dropped: number of vacancy-majority sites removed by the ``majority`` policy.
         primitive: whether the primitive cell replaced the conventional cell (size limit).
+        n_dummy_sites: dummy atoms and centroids dropped from the atom list.
+        encoding: how the bytes were decoded (``utf-8``, ``cp1252`` or ``latin-1``).
+        assumed_p1: the CIF had no symmetry information; it was read as P1.
+        repaired_syntax: a quoted value running over several lines, or a value-less last tag, was
+            repaired (see :func:`repair_lenient_syntax`).
+        hydrogen_not_located: the stated formula has H but no site does.
     """
 
-    structure: Structure
+    sites: Sites
     text: CifText = field(default_factory=CifText)
-    n_disordered: int = 0
-    n_dropped: int = 0
     primitive: bool = False
+    n_dummy_sites: int = 0
+    encoding: str = "utf-8"
+    assumed_p1: bool = False
+    repaired_syntax: bool = False
+    hydrogen_not_located: bool = False
+
+    @property
+    def n_disordered(self) -> int:
+        """Merged sites that were mixed or partially occupied before the policy applied."""
+        return self.sites.n_disordered
+
+    @property
+    def n_dropped(self) -> int:
+        """Vacancy-majority sites removed by the ``majority`` policy."""
+        return self.sites.n_dropped
+
+    @property
+    def composition(self) -> dict[str, float]:
+        """Occupancy-weighted amount of each element in the cell."""
+        return self.sites.composition
+
+    @property
+    def structure(self) -> Structure:
+        """The cell as a pymatgen ``Structure`` (disordered species on disordered sites)."""
+        species = self.sites.occupancies or self.sites.species
+        return Structure(Lattice(self.sites.lattice), species, self.sites.frac)
 
 
-@dataclass
-class _Atoms:
-    """Expanded atoms of one cell before disorder handling.
+def default_max_cell_atoms(max_atoms: int) -> int:
+    """The conventional-cell cap that goes with a site cap: ``CELL_ATOM_FACTOR * max_atoms``."""
+    return CELL_ATOM_FACTOR * max_atoms
 
-    Attributes:
-        lattice: ``[3, 3]`` lattice vectors as rows, Å.
-        frac: ``[n, 3]`` fractional coordinates wrapped into [0, 1).
-        elements: ``[n]`` element symbols.
-        occupancies: ``[n]`` site occupancies, normally in [0, 1]; atoms with occupancy 0 (listed
-            but empty) are expected and dropped by :func:`_drop_duplicates`.
-        labels: ``[n]`` site labels (symmetry copies share their label).
+
+def decode_cif_bytes(data: bytes) -> tuple[str, str]:
+    """Decode CIF bytes: UTF-8 (a byte-order mark is dropped), else cp1252, else latin-1.
+
+    Returns:
+        ``(text, encoding)``.
     """
-
-    lattice: np.ndarray
-    frac: np.ndarray
-    elements: list[str]
-    occupancies: np.ndarray
-    labels: list[str]
-
-
-def decode_cif_bytes(data: bytes, name: str) -> str:
-    """Decode CIF bytes as UTF-8 (a byte-order mark is dropped); ``not_utf8`` otherwise."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CifError("not_utf8", f"{name}: not valid UTF-8 at byte {err.start}") from None
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    for encoding in FALLBACK_ENCODINGS:
+        try:
+            return data.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")
 
 
 def clean_text(value: str | None) -> str:
@@ -141,6 +210,26 @@ def clean_text(value: str | None) -> str:
     return "" if value in ("?", ".") else value
 
 
+def is_dummy(symbol: str) -> bool:
+    """Whether a type symbol or label names a dummy atom or centroid (``X``, ``Cg1``, ``Q2``)."""
+    return _DUMMY.match(symbol.strip()) is not None and not Element.is_valid_symbol(
+        symbol.strip()[:2]
+    )
+
+
+@lru_cache(maxsize=8192)
+def _site_element(symbol: str) -> str | None:
+    """Element of a site's type symbol (or label): None for a dummy atom, ``""`` for a symbol
+    that names nothing."""
+    if is_dummy(symbol):
+        return None
+    try:
+        return element_symbol(symbol)
+    except CifError:
+        return ""
+
+
+@lru_cache(maxsize=4096)
 def element_symbol(symbol: str) -> str:
     """Plain element symbol of a CIF type symbol or species (``Fe3+`` → ``Fe``, ``D`` → ``H``).
 
@@ -157,25 +246,27 @@ def element_symbol(symbol: str) -> str:
     raise CifError("unknown_element", f"unknown element symbol {symbol!r}")
 
 
-def read_cif_text(path: str | Path) -> str:
-    """The text of a CIF file.
+def read_cif_text(path: str | Path) -> tuple[str, str]:
+    """The text of a CIF file and the encoding it was decoded with.
 
     Raises:
-        CifError: ``unreadable`` when the file cannot be read, ``not_utf8`` on bad bytes.
+        CifError: ``unreadable`` when the file cannot be read.
     """
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise CifError("unreadable", f"{path}: {err.strerror}") from None
-    return decode_cif_bytes(data, str(path))
+    return decode_cif_bytes(data)
 
 
 def read_cif(
     path: str | Path,
     *,
     reader: Reader = "gemmi",
-    occupancy: OccupancyPolicy = "majority",
+    occupancy: OccupancyPolicy = "mixed",
     max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_cell_atoms: int | None = None,
+    check_stated_formula: bool = True,
 ) -> ParsedCif | Reject:
     """Read one CIF file; never raises for bad input, returns a :class:`Reject` instead.
 
@@ -183,10 +274,20 @@ def read_cif(
     """
     path = Path(path)
     try:
-        text = read_cif_text(path)
-        return parse_cif(text, str(path), reader=reader, occupancy=occupancy, max_atoms=max_atoms)
+        text, encoding = read_cif_text(path)
+        parsed = parse_cif(
+            text,
+            str(path),
+            reader=reader,
+            occupancy=occupancy,
+            max_atoms=max_atoms,
+            max_cell_atoms=max_cell_atoms,
+            check_stated_formula=check_stated_formula,
+        )
     except CifError as err:
         return err.to_reject(str(path), path.stem)
+    parsed.encoding = encoding
+    return parsed
 
 
 def parse_cif(
@@ -194,75 +295,115 @@ def parse_cif(
     name: str,
     *,
     reader: Reader = "gemmi",
-    occupancy: OccupancyPolicy = "majority",
+    occupancy: OccupancyPolicy = "mixed",
     max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_cell_atoms: int | None = None,
+    check_stated_formula: bool = True,
 ) -> ParsedCif:
-    """Parse CIF text into an ordered structure of at most ``max_atoms`` sites, plus its text.
+    """Parse CIF text into the sites of a cell of at most ``max_atoms`` sites, plus its text.
 
     Args:
         text: CIF content; the first data block with atom sites is used.
         name: file or row name used in error messages.
         reader: ``"gemmi"`` or ``"pymatgen"``.
-        occupancy: disorder policy, ``"majority"`` or ``"skip"`` (see module docstring).
+        occupancy: disorder policy, ``"mixed"``, ``"majority"`` or ``"skip"``.
         max_atoms: largest number of sites kept; the primitive cell is tried when the
             conventional cell is larger.
+        max_cell_atoms: largest number of atoms of the conventional cell, counted before any
+            neighbour search (default ``5 * max_atoms``).
+        check_stated_formula: compare the sites with ``_chemical_formula_sum`` when present.
 
     Raises:
         CifError: with one of the module's reject reasons.
+        ValueError: an unknown reader or policy (a programming error).
     """
-    try:
-        document = gemmi.cif.read_string(text)
-    except (RuntimeError, ValueError) as err:
-        raise CifError("unparseable", f"{name}: {_first_line(err)}") from None
-    block = _atom_block(document, name)
-    if reader == "gemmi":
-        atoms = _gemmi_atoms(block, name, max_atoms)
-    elif reader == "pymatgen":
-        atoms = _pymatgen_atoms(text, name, max_atoms)
-    else:
+    if reader not in ("gemmi", "pymatgen"):
         raise ValueError(f"unknown reader {reader!r}; use 'gemmi' or 'pymatgen'")
-    parsed = resolve_atoms(atoms, name, occupancy)
-    parsed.text = _cif_text(block)
+    cell_cap = max_cell_atoms if max_cell_atoms is not None else default_max_cell_atoms(max_atoms)
+    document, repaired = _read_document(text, name, required=reader == "gemmi")
+    notes = {"repaired_syntax": repaired}
+    if document is not None:
+        block = _atom_block(document, name)
+        unit, notes["n_dummy_sites"], params = _asymmetric_unit(block, name, cell_cap)
+        try:
+            symmetry = block_symmetry(block, params)
+        except SymmetryError as err:
+            raise CifError("unparseable", f"{name}: {err}") from None
+        notes["assumed_p1"] = symmetry.assumed_p1
+        atoms = expand(unit, symmetry, name, cell_cap)  # also the size check of both readers
+        value = _tag_reader(block)
+    if reader == "pymatgen":
+        atoms = _pymatgen_atoms(text, name, cell_cap)
+        if document is None:
+            value = _pymatgen_tag_reader(text, name, cell_cap)
+    parsed = ParsedCif(resolve_sites(atoms, name, occupancy), _cif_text(value), **notes)
+    if check_stated_formula:
+        parsed.hydrogen_not_located = _check_stated_formula(value(FORMULA_TAG), parsed, name)
     return _limit_size(parsed, name, max_atoms)
 
 
-def resolve_atoms(atoms: _Atoms, name: str, occupancy: OccupancyPolicy) -> ParsedCif:
-    """Merge duplicates and co-located atoms, then apply the occupancy policy.
+def _read_document(text: str, name: str, required: bool) -> tuple[gemmi.cif.Document | None, bool]:
+    """The gemmi document of ``text`` and whether quotes were repaired; None when gemmi cannot
+    read it and it is not ``required`` (the pymatgen reader then reads the file alone)."""
+    try:
+        return gemmi.cif.read_string(text), False
+    except (RuntimeError, ValueError) as err:
+        error = err
+    lenient = any(symptom in str(error) for symptom in ("unterminated", "has no value"))
+    repaired = repair_lenient_syntax(text) if lenient else None
+    if repaired is not None:
+        try:
+            return gemmi.cif.read_string(repaired), True
+        except (RuntimeError, ValueError):
+            pass
+    if required:
+        raise CifError("unparseable", f"{name}: {_first_line(error)}") from None
+    return None, False
 
-    Raises:
-        CifError: ``partial_occupancy`` (policy ``skip``) or ``no_sites``.
+
+def repair_lenient_syntax(text: str) -> str | None:
+    """Repair two departures from CIF 1.1 that pymatgen tolerates (Crystallographica output):
+    ``_tag 'value`` values that run over several lines become ``;`` text fields, and a tag
+    without a value on the last line (``_eof``) is dropped.
+
+    Returns:
+        The repaired text, or None when there was nothing to repair.
     """
-    if occupancy not in ("majority", "skip"):
-        raise ValueError(f"unknown occupancy policy {occupancy!r}; use 'majority' or 'skip'")
-    keep = _drop_duplicates(atoms)
-    clusters = _clusters(atoms.lattice, atoms.frac[keep], MERGE_TOL)
-    species: list[str] = []
-    coords: list[np.ndarray] = []
-    n_disordered = n_dropped = 0
-    for members in clusters:
-        index = keep[members]
-        composition: dict[str, float] = {}
-        for i in index:
-            composition[atoms.elements[i]] = composition.get(atoms.elements[i], 0.0)
-            composition[atoms.elements[i]] += float(atoms.occupancies[i])
-        total = sum(composition.values())
-        disordered = len(composition) > 1 or total < 1.0 - OCCUPANCY_TOL
-        n_disordered += disordered
-        if disordered and occupancy == "skip":
-            raise CifError(
-                "partial_occupancy",
-                f"{name}: site {atoms.labels[index[0]]} is partially occupied ({composition})",
-            )
-        element, occ = max(composition.items(), key=lambda item: item[1])
-        if 1.0 - total > occ:
-            n_dropped += 1
+    lines = text.splitlines()
+    out: list[str] = []
+    changed = False
+    index = 0
+    while index < len(lines):
+        match = _OPEN_QUOTE.match(lines[index])
+        if match is None or _closes(match.group(3), match.group(2)):
+            out.append(lines[index])
+            index += 1
             continue
-        species.append(element)
-        coords.append(atoms.frac[index[0]])
-    if not species:
-        raise CifError("no_sites", f"{name}: no atom sites left after the occupancy policy")
-    structure = Structure(Lattice(atoms.lattice), species, np.array(coords))
-    return ParsedCif(structure=structure, n_disordered=n_disordered, n_dropped=n_dropped)
+        tag, quote, first = match.groups()
+        body = [first]
+        end = index + 1
+        while end < len(lines) and not lines[end].rstrip().endswith(quote):
+            body.append(lines[end])
+            end += 1
+        if end == len(lines):
+            return None
+        body.append(lines[end].rstrip()[:-1])
+        out += [tag.rstrip(), ";", *(" " + line if line.startswith(";") else line for line in body)]
+        out.append(";")
+        changed = True
+        index = end + 1
+    content = [
+        k for k, line in enumerate(out) if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if content and _BARE_TAG.match(out[content[-1]]):
+        del out[content[-1]]
+        changed = True
+    return "\n".join(out) + "\n" if changed else None
+
+
+def _closes(rest: str, quote: str) -> bool:
+    """Whether a quoted value that started with ``quote`` ends on this line (``rest``)."""
+    return re.search(re.escape(quote) + r"(?:\s|$)", rest) is not None
 
 
 def _first_line(err: Exception) -> str:
@@ -277,77 +418,138 @@ def _atom_block(document: gemmi.cif.Document, name: str) -> gemmi.cif.Block:
     raise CifError("no_sites", f"{name}: no _atom_site_fract_x loop")
 
 
-def _checked_lattice(params: list[float], name: str) -> np.ndarray:
-    """Lattice matrix ``[3, 3]`` (Å) of ``a, b, c, alpha, beta, gamma`` after sanity checks."""
-    if not all(math.isfinite(value) for value in params):
-        raise CifError("non_finite", f"{name}: cell parameters are not finite ({params})")
-    lattice = Lattice.from_parameters(*params)
-    if not np.isfinite(lattice.matrix).all() or not lattice.volume > 1e-3:
-        raise CifError("bad_cell", f"{name}: degenerate cell {params}")
-    return lattice.matrix
+def _cell_parameters(block: gemmi.cif.Block, name: str) -> tuple[float, ...]:
+    """``(a, b, c, alpha, beta, gamma)`` in Å and degrees, checked to describe a cell."""
+    values = []
+    for tag in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"):
+        raw = block.find_value(f"_cell_{tag}")
+        number = gemmi.cif.as_number(raw) if raw is not None else math.nan
+        if not math.isfinite(number):
+            raise CifError("non_finite", f"{name}: _cell_{tag} is missing or not a number")
+        values.append(number)
+    return check_cell(values, name)
 
 
-def _check_raw_count(count: int, name: str, max_atoms: int) -> None:
-    if count > RAW_ATOM_FACTOR * max_atoms:
-        raise CifError("too_many_atoms", f"{name}: {count} atoms in the expanded cell")
+def check_cell(params: list[float], name: str) -> tuple[float, ...]:
+    """Reject cell parameters that describe no cell (``unphysical_cell``).
+
+    Lengths must be positive, angles strictly between 0° and 180°, and the three angles must
+    close a cell (the volume factor ``1 - Σcos² + 2Πcos`` is positive).
+    """
+    a, b, c, alpha, beta, gamma = params
+    if min(a, b, c) <= 0:
+        raise CifError("unphysical_cell", f"{name}: cell length <= 0 in {params}")
+    if not all(0 < angle < 180 for angle in (alpha, beta, gamma)):
+        raise CifError("unphysical_cell", f"{name}: cell angle outside (0, 180) in {params}")
+    cos_a, cos_b, cos_g = (math.cos(math.radians(angle)) for angle in (alpha, beta, gamma))
+    factor = 1 - cos_a**2 - cos_b**2 - cos_g**2 + 2 * cos_a * cos_b * cos_g
+    if factor <= 1e-8:
+        raise CifError("unphysical_cell", f"{name}: the cell angles close no cell in {params}")
+    return tuple(params)
 
 
-def _gemmi_atoms(block: gemmi.cif.Block, name: str, max_atoms: int) -> _Atoms:
-    """Expand a block's asymmetric unit to the full cell with gemmi."""
-    try:
-        small = gemmi.make_small_structure_from_block(block)
-    except (RuntimeError, ValueError) as err:
-        raise CifError("unparseable", f"{name}: {_first_line(err)}") from None
-    if not small.sites:
-        raise CifError("no_sites", f"{name}: the atom-site loop is empty")
-    cell = small.cell
-    lattice = _checked_lattice([cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma], name)
-    for site in small.sites:
-        if not all(math.isfinite(x) for x in (site.fract.x, site.fract.y, site.fract.z)):
-            raise CifError("non_finite", f"{name}: site {site.label} has non-finite coordinates")
-    rotations, translations = _symmetry_operations(small, name)
-    _check_raw_count(len(small.sites) * len(rotations), name, max_atoms)
-    elements = []
-    for site in small.sites:
-        try:
-            elements.append(element_symbol(site.type_symbol or site.element.name))
-        except CifError as err:
-            raise CifError(err.reason, f"{name}: site {site.label}: {err.message}") from None
-    frac = np.array([[s.fract.x, s.fract.y, s.fract.z] for s in small.sites])
-    images = np.einsum("oij,nj->noi", rotations, frac) + translations  # [n_sites, n_ops, 3]
-    n_ops = len(rotations)
-    return _Atoms(
-        lattice=lattice,
-        frac=images.reshape(-1, 3) % 1.0,
-        elements=[element for element in elements for _ in range(n_ops)],
-        occupancies=np.repeat([s.occ for s in small.sites], n_ops).astype(float),
-        labels=[s.label for s in small.sites for _ in range(n_ops)],
+_SITE_TAGS = ("fract_x", "fract_y", "fract_z", "label", "type_symbol", "occupancy", "calc_flag")
+
+
+def _site_columns(block: gemmi.cif.Block) -> tuple[list[list[str] | None], int]:
+    """The raw values of the ``_atom_site_`` columns of :data:`_SITE_TAGS` (None when absent),
+    and the number of rows. A loop is read in one call (its flat value list)."""
+    loop = block.find_loop("_atom_site_fract_x").get_loop()
+    if loop is None:  # a single site written as tag-value pairs
+        values = [block.find_value("_atom_site_" + tag) for tag in _SITE_TAGS]
+        return [[value] if value is not None else None for value in values], 1
+    width, values = loop.width(), loop.values
+    position = {tag.lower(): index for index, tag in enumerate(loop.tags)}
+    columns = []
+    for tag in _SITE_TAGS:
+        index = position.get("_atom_site_" + tag)
+        columns.append(values[index::width] if index is not None else None)
+    return columns, loop.length()
+
+
+def lattice_matrix(params: tuple[float, ...]) -> np.ndarray:
+    """``[3, 3]`` lattice vectors (rows, Å) of ``(a, b, c, alpha, beta, gamma)``, in pymatgen's
+    ``Lattice.from_parameters`` orientation (c along z), computed without building a Lattice."""
+    a, b, c, alpha, beta, gamma = params
+    cos_a, cos_b, cos_g = (math.cos(math.radians(angle)) for angle in (alpha, beta, gamma))
+    sin_a, sin_b = math.sin(math.radians(alpha)), math.sin(math.radians(beta))
+    gamma_star = math.acos(max(-1.0, min(1.0, (cos_a * cos_b - cos_g) / (sin_a * sin_b))))
+    return np.array(
+        [
+            [a * sin_b, 0.0, a * cos_b],
+            [-b * sin_a * math.cos(gamma_star), b * sin_a * math.sin(gamma_star), b * cos_a],
+            [0.0, 0.0, c],
+        ]
     )
 
 
-def _symmetry_operations(small: gemmi.SmallStructure, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rotations ``[n_ops, 3, 3]`` and translations ``[n_ops, 3]`` (fractional) of a structure.
+def _asymmetric_unit(
+    block: gemmi.cif.Block, name: str, max_cell_atoms: int
+) -> tuple[AsymmetricUnit, int, tuple[float, ...]]:
+    """The block's atom sites (dummy atoms removed), the number removed, and the cell.
 
-    The CIF's own operation list wins (as in pymatgen); otherwise the space group's operations.
-    Images on special positions are merged later by :func:`_drop_duplicates` (gemmi's own
-    ``get_all_unit_cell_sites`` would also merge split positions up to ~0.5 Å apart).
+    Read straight from the ``_atom_site_`` loop: the element comes from the type symbol, else
+    the label; an occupancy of ``?`` or ``.`` is 1; a row without label and type symbol is a
+    placeholder, not a site. A loop of more than ``max_cell_atoms`` rows is rejected before its
+    rows are read (every listed site is at least one atom of the cell).
     """
-    try:
-        if small.symops:
-            ops = [gemmi.Op(triplet) for triplet in small.symops]
-        elif small.spacegroup is not None:
-            ops = list(small.spacegroup.operations())
-        else:
-            raise CifError("unparseable", f"{name}: no space group or symmetry operations")
-    except (RuntimeError, ValueError) as err:
-        raise CifError("unparseable", f"{name}: bad symmetry operation: {err}") from None
-    rotations = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
-    translations = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
-    return rotations, translations
+    params = _cell_parameters(block, name)
+    columns, n_rows = _site_columns(block)
+    if n_rows > max_cell_atoms:
+        raise CifError(
+            "too_many_atoms", f"{name}: {n_rows} listed sites > max_cell_atoms={max_cell_atoms}"
+        )
+    if columns[3] is None and columns[4] is None:
+        raise CifError("unparseable", f"{name}: atom sites have neither label nor type symbol")
+    labels_raw = _strings(columns[3], n_rows)
+    types_raw = _strings(columns[4], n_rows)
+    flags = _strings(columns[6], n_rows)
+    frac, elements, occupancies, labels = [], [], [], []
+    n_dummy = 0
+    for row in range(n_rows):
+        symbol = types_raw[row] or labels_raw[row]
+        if not symbol:  # a placeholder row ("? ? ? ?"): no site at all
+            continue
+        element = None if flags[row].lower() == "dum" else _site_element(symbol)
+        if element is None:
+            n_dummy += 1
+            continue
+        if not element:
+            raise CifError(
+                "unknown_element",
+                f"{name}: site {labels_raw[row]}: unknown element symbol {symbol!r}",
+            )
+        elements.append(element)
+        frac.append([gemmi.cif.as_number(columns[axis][row]) for axis in range(3)])
+        occupancies.append(gemmi.cif.as_number(columns[5][row], 1.0) if columns[5] else 1.0)
+        labels.append(labels_raw[row] or symbol)
+    if not elements:
+        raise CifError("no_sites", f"{name}: no atom in the atom-site loop ({n_dummy} dummy)")
+    frac_array = np.array(frac, dtype=float)
+    if not np.isfinite(frac_array).all():
+        bad = labels[int(np.flatnonzero(~np.isfinite(frac_array).all(axis=1))[0])]
+        raise CifError("non_finite", f"{name}: site {bad} has non-finite coordinates")
+    unit = AsymmetricUnit(
+        lattice=lattice_matrix(params),
+        frac=frac_array,
+        elements=elements,
+        occupancies=np.array(occupancies, dtype=float),
+        labels=labels,
+    )
+    check_occupancies(unit, name)
+    return unit, n_dummy, params
 
 
-def _pymatgen_atoms(text: str, name: str, max_atoms: int) -> _Atoms:
-    """Expand the first structure of a CIF with pymatgen's ``CifParser``."""
+def _strings(column: list[str] | None, n_rows: int) -> list[str]:
+    """Unquoted values of a loop column (``""`` for ``?``, ``.`` and a missing column)."""
+    if column is None:
+        return [""] * n_rows
+    return [gemmi.cif.as_string(value) if value not in ("?", ".") else "" for value in column]
+
+
+def _pymatgen_atoms(text: str, name: str, max_cell_atoms: int) -> Atoms:
+    """The cell's atoms as pymatgen's ``CifParser`` expands them (one atom per species of each
+    pymatgen site)."""
     from pymatgen.io.cif import CifParser
 
     try:
@@ -359,92 +561,155 @@ def _pymatgen_atoms(text: str, name: str, max_atoms: int) -> _Atoms:
         raise CifError("unparseable", f"{name}: pymatgen: {_first_line(err)}") from None
     if len(structure) == 0:
         raise CifError("no_sites", f"{name}: no atom sites")
-    params = list(structure.lattice.abc) + list(structure.lattice.angles)
-    lattice = _checked_lattice(params, name)
+    check_cell(list(structure.lattice.abc) + list(structure.lattice.angles), name)
+    if len(structure) > max_cell_atoms:
+        raise CifError(
+            "too_many_atoms",
+            f"{name}: {len(structure)} atoms in the conventional cell"
+            f" > max_cell_atoms={max_cell_atoms}",
+        )
     if not np.isfinite(structure.frac_coords).all():
         raise CifError("non_finite", f"{name}: non-finite coordinates")
-    _check_raw_count(len(structure), name, max_atoms)
     frac, elements, occupancies, labels = [], [], [], []
     for index, site in enumerate(structure):
         for specie, occ in site.species.items():
             frac.append(site.frac_coords)
             elements.append(element_symbol(getattr(specie, "symbol", str(specie))))
             occupancies.append(occ)
-            labels.append(f"{index}:{elements[-1]}")  # pymatgen already merged duplicates
-    return _Atoms(lattice, np.array(frac) % 1.0, elements, np.array(occupancies), labels)
-
-
-def _drop_duplicates(atoms: _Atoms) -> np.ndarray:
-    """Indices of atoms left after dropping empty (occupancy 0) atoms and collapsing same-label
-    atoms closer than ``DUPLICATE_TOL``."""
-    removed = ~(atoms.occupancies > 0)
-    centers, points, distances = _pairs(atoms.lattice, atoms.frac, DUPLICATE_TOL)
-    for i, j, _ in zip(centers, points, distances, strict=True):
-        if i < j and not removed[i] and atoms.labels[i] == atoms.labels[j]:
-            removed[j] = True
-    return np.flatnonzero(~removed)
-
-
-def _pairs(
-    lattice: np.ndarray, frac: np.ndarray, radius: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Periodic pairs ``(i, j, distance)`` of atoms closer than ``radius`` Å (i != j)."""
-    cart = np.ascontiguousarray(frac @ lattice, dtype=float)
-    centers, points, _, distances = find_points_in_spheres(
-        cart,
-        cart,
-        r=radius,
-        pbc=np.array([1, 1, 1], dtype=np.int64),
-        lattice=np.ascontiguousarray(lattice, dtype=float),
-        tol=1e-8,
+            labels.append(f"{index}:{elements[-1]}")
+    return Atoms(  # pymatgen merged symmetry duplicates: every atom is its own "listed site"
+        lattice=structure.lattice.matrix,
+        frac=np.array(frac) % 1.0,
+        elements=elements,
+        occupancies=np.array(occupancies, dtype=float),
+        site_ids=np.arange(len(frac)),
+        labels=labels,
     )
-    distinct = centers != points
-    return centers[distinct], points[distinct], distances[distinct]
 
 
-def _clusters(lattice: np.ndarray, frac: np.ndarray, radius: float) -> list[np.ndarray]:
-    """Connected groups of atoms (indices into ``frac``) linked by distances below ``radius``."""
-    parent = np.arange(len(frac))
+def _pymatgen_tag_reader(text: str, name: str, max_cell_atoms: int) -> Callable[[str], str]:
+    """``tag -> cleaned text value`` of the first block as pymatgen's tokenizer reads it (for
+    text that gemmi cannot read); a block listing more than ``max_cell_atoms`` sites is
+    rejected before pymatgen expands it."""
+    from pymatgen.io.cif import CifFile
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    centers, points, _ = _pairs(lattice, frac, radius)
-    for i, j in zip(centers, points, strict=True):
-        ri, rj = root(int(i)), root(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    roots = np.array([root(i) for i in range(len(frac))])
-    return [np.flatnonzero(roots == r) for r in np.unique(roots)]
-
-
-def _limit_size(parsed: ParsedCif, name: str, max_atoms: int) -> ParsedCif:
-    """Replace a conventional cell over ``max_atoms`` by its primitive cell, or reject."""
-    count = len(parsed.structure)
-    if count <= max_atoms:
-        return parsed
-    primitive = parsed.structure.get_primitive_structure()
-    if len(primitive) > max_atoms:
+    try:
+        blocks = list(CifFile.from_str(text).data.values())
+    except Exception as err:  # same as above
+        raise CifError("unparseable", f"{name}: pymatgen: {_first_line(err)}") from None
+    data = next((b.data for b in blocks if "_atom_site_fract_x" in b.data), {})
+    listed = len(data.get("_atom_site_fract_x", []))
+    if listed > max_cell_atoms:
         raise CifError(
-            "too_many_atoms",
-            f"{name}: {len(primitive)} sites in the primitive cell ({count} conventional)"
-            f" > max_atoms={max_atoms}",
+            "too_many_atoms", f"{name}: {listed} listed sites > max_cell_atoms={max_cell_atoms}"
         )
-    parsed.structure = primitive
-    parsed.primitive = True
-    return parsed
+
+    def value(tag: str) -> str:
+        raw = data.get(tag)
+        return clean_text(raw if isinstance(raw, str) else None)
+
+    return value
 
 
-def _cif_text(block: gemmi.cif.Block) -> CifText:
-    """Title, DOI, year and journal of a COD-style block."""
+def _tag_reader(block: gemmi.cif.Block) -> Callable[[str], str]:
+    """``tag -> cleaned text value`` (``""`` when absent) of a gemmi block."""
 
     def value(tag: str) -> str:
         raw = block.find_value(tag)
         return clean_text(gemmi.cif.as_string(raw)) if raw is not None else ""
 
+    return value
+
+
+def _check_stated_formula(stated: str, parsed: ParsedCif, name: str) -> bool:
+    """Compare the sites with the stated formula; returns whether H was exempt (not located).
+
+    Raises:
+        CifError: ``formula_mismatch``.
+    """
+    amounts = parse_formula(stated) if stated else None
+    if amounts is None:
+        return False
+    result = check_formula(amounts, parsed.composition)
+    if result.mismatch:
+        raise CifError(
+            "formula_mismatch", f"{name}: {result.mismatch} (_chemical_formula_sum {stated!r})"
+        )
+    return result.hydrogen_not_located
+
+
+def _limit_size(parsed: ParsedCif, name: str, max_atoms: int) -> ParsedCif:
+    """Replace a conventional cell over ``max_atoms`` by its primitive cell, or reject."""
+    count = len(parsed.sites.species)
+    if count <= max_atoms:
+        return parsed
+    primitive = primitive_sites(parsed.sites)
+    if len(primitive.species) > max_atoms:
+        raise CifError(
+            "too_many_atoms",
+            f"{name}: {len(primitive.species)} sites in the primitive cell ({count} conventional)"
+            f" > max_atoms={max_atoms}",
+        )
+    parsed.sites = primitive
+    parsed.primitive = True
+    return parsed
+
+
+def primitive_sites(sites: Sites, symprec: float = PRIMITIVE_SYMPREC) -> Sites:
+    """The primitive cell of ``sites`` (the same cell when it is already primitive).
+
+    spglib finds the lattice translations (each distinct ``{element: occupancy}`` is one atom
+    type, so disorder is respected) about ten times faster than pymatgen's
+    ``get_primitive_structure``, which is the fallback when spglib finds no cell.
+    """
+    keys = [tuple(site.items()) for site in sites.occupancies] or [(sp,) for sp in sites.species]
+    types = {key: number for number, key in enumerate(dict.fromkeys(keys), start=1)}
+    cell = (sites.lattice, sites.frac, [types[key] for key in keys])
+    found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=symprec)
+    if found is None:
+        return _structure_sites(
+            Structure(
+                Lattice(sites.lattice), sites.occupancies or sites.species, sites.frac
+            ).get_primitive_structure(),
+            sites,
+        )
+    lattice, frac, numbers = found
+    by_number = {number: key for key, number in types.items()}
+    chosen = [by_number[int(number)] for number in numbers]
+    return Sites(
+        lattice=np.asarray(lattice, dtype=float),
+        frac=np.asarray(frac, dtype=float) % 1.0,
+        species=[key[0] if isinstance(key[0], str) else key[0][0] for key in chosen],
+        occupancies=[dict(key) for key in chosen] if sites.occupancies else [],
+        n_disordered=sites.n_disordered,
+        n_dropped=sites.n_dropped,
+        n_repeated=sites.n_repeated,
+    )
+
+
+def _structure_sites(structure: Structure, before: Sites) -> Sites:
+    """Sites of a pymatgen structure made from ``before`` (keeps its counts)."""
+    occupancies = [
+        dict(sorted(((sp.symbol, float(occ)) for sp, occ in site.species.items()), key=_by_weight))
+        for site in structure
+    ]
+    return Sites(
+        lattice=structure.lattice.matrix,
+        frac=structure.frac_coords % 1.0,
+        species=[next(iter(site)) for site in occupancies],
+        occupancies=occupancies if before.occupancies else [],
+        n_disordered=before.n_disordered,
+        n_dropped=before.n_dropped,
+        n_repeated=before.n_repeated,
+    )
+
+
+def _by_weight(item: tuple[str, float]) -> float:
+    return -item[1]
+
+
+def _cif_text(value: Callable[[str], str]) -> CifText:
+    """Title, DOI, year and journal of a COD-style block."""
     year = value("_journal_year")
     return CifText(
         title=value("_publ_section_title"),

@@ -7,6 +7,8 @@ Usage::
     python -m clasp_pl.data.commands ingest --cifs COD/cif --cod-table cod_metadata.csv \
         --abstracts retrieved_abstract.csv --out data/user/cod.jsonl.gz
     python -m clasp_pl.data.commands ingest --table perov_5/val.csv --out data/user/perov_val.jsonl.gz
+    python -m clasp_pl.data.commands ingest --cifs COD/cif --out data/user/cod.jsonl.gz \
+        --workers 16 --max-atoms 1000      # killed? the same command resumes after its last shard
     python -m clasp_pl.data.commands build-default --db amcsd_cif1.db --out data/amcsd_default.jsonl.gz
     python -m clasp_pl.data.commands keywords --records data/amcsd_default.jsonl.gz \
         --out data/amcsd_default.keywords.json
@@ -19,9 +21,17 @@ import sys
 from typing import Any
 
 from clasp_pl.data.amcsd import build_default
-from clasp_pl.data.cif import DEFAULT_MAX_ATOMS
-from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table
+from clasp_pl.data.cif import CELL_ATOM_FACTOR, DEFAULT_MAX_ATOMS
+from clasp_pl.data.cif_sites import OCCUPANCY_POLICIES
+from clasp_pl.data.ingest import (
+    DEFAULT_TIME_LIMIT,
+    DEFAULT_WORKER_MEMORY_GB,
+    IngestOptions,
+    ingest_folder,
+    ingest_table,
+)
 from clasp_pl.data.keywords import DEFAULT_MAX_KEYWORDS, keywords_command
+from clasp_pl.data.shards import DEFAULT_SHARD_SIZE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--out", required=True, help="records file (.jsonl.gz)")
     ingest.add_argument("--rejects", help="rejects JSONL (default: <out>.rejects.jsonl)")
     ingest.add_argument("--reader", choices=("gemmi", "pymatgen"), default="gemmi")
-    ingest.add_argument("--occupancy", choices=("majority", "skip"), default="majority")
     text = ingest.add_mutually_exclusive_group()
     text.add_argument("--require-text", dest="require_text", action="store_true", default=None)
     text.add_argument("--no-require-text", dest="require_text", action="store_false")
+    ingest.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT,
+        help="seconds per file before it is rejected as 'timeout' (0: no limit)",
+    )
+    ingest.add_argument(
+        "--worker-memory-gb",
+        type=float,
+        default=DEFAULT_WORKER_MEMORY_GB,
+        help="address-space limit of each worker process with --workers > 1 (0: none)",
+    )
+    ingest.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="inputs per output shard; an interrupted run resumes after its last shard",
+    )
     _common(ingest)
 
     default = commands.add_parser("build-default", help="AMCSD database → default records")
@@ -65,7 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS)
+    parser.add_argument(
+        "--occupancy",
+        choices=OCCUPANCY_POLICIES,
+        default="mixed",
+        help="disordered sites: keep every element and occupancy (mixed), take the majority "
+        "element (majority) or reject the structure (skip)",
+    )
+    parser.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, help="sites kept")
+    parser.add_argument(
+        "--max-cell-atoms",
+        type=int,
+        default=None,
+        help=f"atoms of the conventional cell, counted before merging (default "
+        f"{CELL_ATOM_FACTOR} × --max-atoms)",
+    )
+    parser.add_argument(
+        "--no-formula-check",
+        dest="check_formula",
+        action="store_false",
+        help="keep structures that disagree with their stated formula",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -92,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.db,
                 args.out,
                 max_atoms=args.max_atoms,
+                max_cell_atoms=args.max_cell_atoms,
+                occupancy=args.occupancy,
+                check_formula=args.check_formula,
                 workers=args.workers,
                 progress=args.progress,
             )
@@ -113,10 +163,18 @@ def _ingest(args: argparse.Namespace) -> dict[str, Any]:
         reader=args.reader,
         occupancy=args.occupancy,
         max_atoms=args.max_atoms,
+        max_cell_atoms=args.max_cell_atoms,
+        check_formula=args.check_formula,
         require_text=require_text,
+        time_limit=args.time_limit,
+        worker_memory_gb=args.worker_memory_gb,
     )
     common = dict(
-        rejects=args.rejects, options=options, workers=args.workers, progress=args.progress
+        rejects=args.rejects,
+        options=options,
+        workers=args.workers,
+        progress=args.progress,
+        shard_size=args.shard_size,
     )
     if args.cifs:
         return ingest_folder(
@@ -133,6 +191,8 @@ def _ingest(args: argparse.Namespace) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable counts: kept, rejected per reason, and output paths."""
     lines = [f"kept {summary['kept']} of {summary['total']} → {summary['out']}"]
+    if summary.get("resumed_shards"):
+        lines.append(f"resumed after {summary['resumed_shards']} finished shards")
     if "papers" in summary:
         lines.append(f"papers (groups) {summary['papers']}, {summary['bytes'] / 1e6:.2f} MB")
         lines.append(f"sha256 {summary['sha256']}")

@@ -22,23 +22,42 @@ Input B, :func:`ingest_table`: a CSV or JSON Lines table with a ``cif`` column (
 the row number), optional text columns ``title``, ``abstract``, ``keywords``, ``doi``; every
 other numeric column goes into ``meta`` (e.g. perov_5's ``heat_ref``, ``dir_gap``).
 
-Both write the records with :func:`~clasp_pl.data.records.write_records`, the rejects as JSON
-Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts. Bad input
-never raises: every problem becomes a reject. Work is spread over ``workers`` processes with
-the output order equal to the input order. How a record's disorder and size were resolved is kept
-in its ``meta`` when it happened: ``n_disordered_sites``, ``n_dropped_sites`` (vacancy-majority
-sites removed) and ``primitive_cell`` (the primitive cell replaced a too large conventional one).
+Both write the records (gzip JSON Lines, :mod:`clasp_pl.data.records`), the rejects as JSON
+Lines (``source``, ``id``, ``reason``, ``message``) and return a summary of counts per reason.
+Bad input never raises: every problem becomes a reject. Work is spread over ``workers``
+processes with the output order equal to the input order.
+
+Bounded and resumable:
+
+- each file is read by :func:`~clasp_pl.data.cif.parse_cif` with the options of
+  :class:`IngestOptions` (default: disorder kept with the ``mixed`` policy, the stated formula
+  checked, at most ``max_atoms`` sites and ``5 × max_atoms`` atoms in the conventional cell);
+- each file gets ``time_limit`` seconds (default 60; reject ``timeout``), and each worker
+  process at most ``worker_memory_gb`` GiB of address space (default 4; reject
+  ``out_of_memory``), see :mod:`clasp_pl.data.limits`;
+- the output is written in shards with a manifest and assembled at the end; a killed run that is
+  started again with the same inputs and options resumes after its last finished shard and
+  writes the same bytes as an uninterrupted run (:mod:`clasp_pl.data.shards`).
+
+How a record was read is kept in its ``meta`` when it was not plain: ``n_disordered_sites``
+(mixed or partially occupied sites), ``n_dropped_sites`` (vacancy-majority sites removed by the
+``majority`` policy), ``n_repeated_sites`` (atoms listed twice at one position, counted once),
+``primitive_cell`` (the primitive cell replaced a too large conventional one), ``n_dummy_sites`` (dummy atoms and centroids dropped), ``text_encoding`` (``cp1252`` or
+``latin-1`` when the bytes were not UTF-8), ``repaired_syntax`` (a multi-line quoted value or a
+value-less last tag was repaired), ``assumed_p1`` (no symmetry information) and
+``hydrogen_not_located`` (the stated formula has H, no site does; H was exempt from the check).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,12 +68,15 @@ from clasp_pl.data.cif import (
     OccupancyPolicy,
     ParsedCif,
     Reader,
+    decode_cif_bytes,
     parse_cif,
     read_cif_text,
 )
+from clasp_pl.data.limits import TimeLimitExceeded, limit_address_space, time_limit
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, paper_group, write_records
 from clasp_pl.data.rejects import Reject
+from clasp_pl.data.shards import DEFAULT_SHARD_SIZE, ShardedOutput, run_key
 
 TEXT_COLUMNS = ("title", "abstract", "keywords", "doi")
 _NOT_META = {"", "id", "material_id", "cif", "path", "year", *TEXT_COLUMNS}
@@ -63,14 +85,33 @@ _MARKUP = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
 
 
+DEFAULT_TIME_LIMIT = 60.0  # s per file
+DEFAULT_WORKER_MEMORY_GB = 4.0  # GiB of address space per worker process
+
+
 @dataclass(frozen=True)
 class IngestOptions:
-    """How each structure is read (see :mod:`clasp_pl.data.cif`)."""
+    """How each structure is read (see :mod:`clasp_pl.data.cif`) and bounded.
+
+    Attributes:
+        reader, occupancy, max_atoms, max_cell_atoms, check_formula: passed to
+            :func:`~clasp_pl.data.cif.parse_cif` (``max_cell_atoms=None``: 5 × ``max_atoms``;
+            ``check_formula``: compare with ``_chemical_formula_sum``).
+        require_text: reject a structure without title or abstract (``missing_text``).
+        time_limit: seconds one file may take (``timeout`` reject); 0 disables it. See
+            :func:`clasp_pl.data.limits.time_limit` for how it is enforced.
+        worker_memory_gb: address-space limit of each worker process in GiB (``out_of_memory``
+            reject); 0 disables it. Applied only with ``workers > 1``, in the workers.
+    """
 
     reader: Reader = "gemmi"
-    occupancy: OccupancyPolicy = "majority"
+    occupancy: OccupancyPolicy = "mixed"
     max_atoms: int = DEFAULT_MAX_ATOMS
+    max_cell_atoms: int | None = None
+    check_formula: bool = True
     require_text: bool = True
+    time_limit: float = DEFAULT_TIME_LIMIT
+    worker_memory_gb: float = DEFAULT_WORKER_MEMORY_GB
 
 
 @dataclass
@@ -113,6 +154,7 @@ def ingest_folder(
     options: IngestOptions = IngestOptions(),
     workers: int = 1,
     progress: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, Any]:
     """Ingest every ``*.cif`` under ``folder`` (recursively, sorted by path) into ``out``, or,
     given a COD table, the table's rows from the COD mirror at ``folder``.
@@ -134,7 +176,14 @@ def ingest_folder(
         metadata = by_id.get(path.stem, {})
         jobs.append(Job(path.stem, str(path), path=str(path), text=text, metadata=metadata))
     return run_jobs(
-        jobs, out, rejects, options, workers=workers, progress=progress, metadata_by_doi=by_doi
+        jobs,
+        out,
+        rejects,
+        options,
+        workers=workers,
+        progress=progress,
+        metadata_by_doi=by_doi,
+        shard_size=shard_size,
     )
 
 
@@ -146,10 +195,13 @@ def ingest_table(
     options: IngestOptions = IngestOptions(require_text=False),
     workers: int = 1,
     progress: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, Any]:
     """Ingest the rows of a CSV or JSON Lines table (see the module docstring) into ``out``."""
     jobs = list(table_jobs(table))
-    return run_jobs(jobs, out, rejects, options, workers=workers, progress=progress)
+    return run_jobs(
+        jobs, out, rejects, options, workers=workers, progress=progress, shard_size=shard_size
+    )
 
 
 def load_metadata(path: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -284,19 +336,34 @@ def run_jobs(
     workers: int = 1,
     progress: bool = True,
     metadata_by_doi: dict[str, dict[str, Any]] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, Any]:
     """Convert jobs to records (in order) and write records and rejects; returns the summary.
 
-    Metadata lines are applied here, in the parent process, so the (possibly large) index of
-    lines by DOI is never sent to the workers: the DOI is known only once the CIF is read.
+    The output is written in shards of ``shard_size`` jobs and resumed after an interruption
+    (see :mod:`clasp_pl.data.shards`). Metadata lines are applied here, in the parent process, so
+    the (possibly large) index of lines by DOI is never sent to the workers: the DOI is known
+    only once the CIF is read.
+
+    Returns:
+        ``{"total", "kept", "rejected": {reason: count}, "out", "rejects", "resumed_shards"}``.
     """
-    convert = partial(job_to_record, options=options)
-    results = parallel_map(convert, jobs, workers=workers, progress=progress, desc="ingest")
-    finished = (
-        _finish(job, result, metadata_by_doi or {}, options.require_text)
-        for job, result in zip(jobs, results, strict=True)
+    metadata_by_doi = metadata_by_doi or {}
+    key = run_key(
+        [
+            {"options": asdict(options), "metadata_by_doi": sorted(metadata_by_doi.items())},
+            *(asdict(job) for job in jobs),
+        ]
     )
-    return write_outputs(finished, out, rejects)
+    output = ShardedOutput(out, rejects or rejects_path_for(out), key, shard_size)
+    remaining = jobs[output.done_items :]
+    convert = partial(job_to_record, options=options)
+    results = parallel_map(convert, remaining, workers=workers, progress=progress, desc="ingest")
+    output.write(
+        _finish(job, result, metadata_by_doi, options.require_text)
+        for job, result in zip(remaining, results, strict=True)
+    )
+    return output.assemble()
 
 
 def _finish(
@@ -351,31 +418,64 @@ def write_outputs(
 def job_to_record(job: Job, options: IngestOptions) -> CrystalRecord | Reject:
     """Read one job's CIF and attach its text; never raises for bad input.
 
+    The file gets ``options.time_limit`` seconds (``timeout``); in a worker process the first
+    call also limits the process's address space (``out_of_memory``).
     ``options.require_text`` is applied afterwards by :func:`run_jobs`.
     """
+    _limit_worker_memory(options.worker_memory_gb)
     try:
-        parsed = parse_cif(
-            _job_text(job),
-            job.source,
-            reader=options.reader,
-            occupancy=options.occupancy,
-            max_atoms=options.max_atoms,
-        )
+        with time_limit(options.time_limit):
+            text, encoding = _job_text(job)
+            parsed = parse_cif(
+                text,
+                job.source,
+                reader=options.reader,
+                occupancy=options.occupancy,
+                max_atoms=options.max_atoms,
+                max_cell_atoms=options.max_cell_atoms,
+                check_stated_formula=options.check_formula,
+            )
+            parsed.encoding = encoding
+            return _record(job, parsed)
     except CifError as err:
         return err.to_reject(job.source, job.id)
+    except TimeLimitExceeded:
+        message = f"{job.source}: took longer than the time limit of {options.time_limit:g} s"
+        return Reject(job.source, job.id, "timeout", message)
+    except MemoryError:
+        message = (
+            f"{job.source}: ran out of the worker memory limit ({options.worker_memory_gb:g} GiB)"
+        )
+        return Reject(job.source, job.id, "out_of_memory", message)
     except Exception as err:  # noqa: BLE001 - a reader bug must not stop a 400k-file ingestion
         return Reject(job.source, job.id, "unparseable", f"{job.source}: {type(err).__name__}")
-    return _record(job, parsed)
 
 
-def _job_text(job: Job) -> str:
-    """The job's CIF text (read from its path when needed); ``not_utf8`` on bad bytes."""
+_MEMORY_LIMITED = False
+
+
+def _limit_worker_memory(gigabytes: float) -> None:
+    """Limit this process's address space once, if it is a worker of a process pool."""
+    global _MEMORY_LIMITED
+    if _MEMORY_LIMITED or multiprocessing.parent_process() is None:
+        return
+    _MEMORY_LIMITED = True
+    limit_address_space(int(gigabytes * 2**30) if gigabytes > 0 else None)
+
+
+def _job_text(job: Job) -> tuple[str, str]:
+    """The job's CIF text (read from its path when needed) and its encoding.
+
+    Bytes that are not UTF-8 are decoded with the fallbacks of
+    :func:`~clasp_pl.data.cif.decode_cif_bytes` (a table cell arrives here with its undecodable
+    bytes kept as surrogates).
+    """
     if job.cif is not None:
         try:
             job.cif.encode("utf-8")
         except UnicodeEncodeError:
-            raise CifError("not_utf8", f"{job.source}: CIF text is not valid UTF-8") from None
-        return job.cif
+            return decode_cif_bytes(job.cif.encode("utf-8", "surrogateescape"))
+        return job.cif, "utf-8"
     if job.path is None:
         raise CifError("unparseable", f"{job.source}: neither a cif nor a path column")
     return read_cif_text(job.path)
@@ -384,10 +484,14 @@ def _job_text(job: Job) -> str:
 def _record(job: Job, parsed: ParsedCif) -> CrystalRecord:
     """Record of a parsed CIF, with the job's text applied over the CIF's own fields."""
     cif = parsed.text
-    meta = {"year": cif.year, "journal": cif.journal, **job.meta, **_resolution_meta(parsed)}
-    record = CrystalRecord.from_structure(
+    meta = {"year": cif.year, "journal": cif.journal, **job.meta, **resolution_meta(parsed)}
+    sites = parsed.sites
+    record = CrystalRecord.from_sites(
         job.id,
-        parsed.structure,
+        sites.lattice,
+        sites.frac,
+        sites.species,
+        sites.occupancies,
         title=cif.title,
         doi=cif.doi,
         source=job.source,
@@ -397,12 +501,20 @@ def _record(job: Job, parsed: ParsedCif) -> CrystalRecord:
     return record
 
 
-def _resolution_meta(parsed: ParsedCif) -> dict[str, int | bool]:
-    """How a CIF's disorder and size were resolved (see the module docstring), when they were."""
-    notes = {
+def resolution_meta(parsed: ParsedCif) -> dict[str, int | bool | str]:
+    """How a CIF was read, when it was not plain (see the module docstring): disorder, size,
+    repeated and dummy atoms, a fallback text encoding, repaired syntax, assumed P1 symmetry, and
+    hydrogen exempt from the formula check."""
+    notes: dict[str, int | bool | str] = {
         "n_disordered_sites": parsed.n_disordered,
         "n_dropped_sites": parsed.n_dropped,
+        "n_repeated_sites": parsed.sites.n_repeated,
         "primitive_cell": parsed.primitive,
+        "n_dummy_sites": parsed.n_dummy_sites,
+        "text_encoding": parsed.encoding if parsed.encoding != "utf-8" else "",
+        "repaired_syntax": parsed.repaired_syntax,
+        "assumed_p1": parsed.assumed_p1,
+        "hydrogen_not_located": parsed.hydrogen_not_located,
     }
     return {key: value for key, value in notes.items() if value}
 

@@ -1,4 +1,5 @@
-"""Why an input did not become a record or a feature: one type for every layer that rejects."""
+"""Why an input did not become a record or a feature: one type for every layer that rejects,
+and the exception that carries it out of the readers."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ class Reject:
     @classmethod
     def from_dict(cls, values: dict) -> Reject:
         return cls(**{name: str(values[name]) for name in ("source", "id", "reason", "message")})
+
+
+class CifError(Exception):
+    """An input that cannot become a record; ``reason`` is a :class:`Reject` code (the codes are
+    listed in :mod:`clasp_pl.data.cif`) and ``message`` names the input."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def to_reject(self, source: str, record_id: str) -> Reject:
+        return Reject(source=source, id=record_id, reason=self.reason, message=self.message)
