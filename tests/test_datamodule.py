@@ -293,13 +293,17 @@ def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_pa
     train = dm.datasets["train"]
     batch = collate_pairs([train[i] for i in range(5)], dm.pad_token_id)
     assert set(batch) == PairBatch.__required_keys__ | PairBatch.__optional_keys__
-    n_atoms, n_edges = len(batch["atomic_numbers"]), len(batch["edge_src"])
+    n_sites, n_edges = len(batch["crystal_index"]), len(batch["edge_src"])
+    n_species = len(batch["site_species_z"])
     assert batch["num_crystals"] == 5
+    assert n_species >= n_sites and int(batch["species_site"].max()) == n_sites - 1
     for name, shape, dtype in [
-        ("atomic_numbers", (n_atoms,), torch.int64),
+        ("site_species_z", (n_species,), torch.int64),
+        ("site_occupancy", (n_species,), torch.float32),
+        ("species_site", (n_species,), torch.int64),
         ("edge_dst", (n_edges,), torch.int64),
         ("edge_dist", (n_edges,), torch.float32),
-        ("crystal_index", (n_atoms,), torch.int64),
+        ("crystal_index", (n_sites,), torch.int64),
         ("group_ids", (5,), torch.int64),
         ("record_index", (5,), torch.int64),
         ("item_id", (5,), torch.int64),
