@@ -211,10 +211,9 @@ def clean_text(value: str | None) -> str:
 
 
 def is_dummy(symbol: str) -> bool:
-    """Whether a type symbol or label names a dummy atom or centroid (``X``, ``Cg1``, ``Q2``)."""
-    return _DUMMY.match(symbol.strip()) is not None and not Element.is_valid_symbol(
-        symbol.strip()[:2]
-    )
+    """Whether a type symbol or label names a dummy atom or centroid (``X``, ``Cg1``, ``Q2``,
+    ``Cent3``; not ``Xe1`` or ``Cu2``: a dummy prefix must not go on in lower case)."""
+    return _DUMMY.match(symbol.strip()) is not None
 
 
 @lru_cache(maxsize=8192)

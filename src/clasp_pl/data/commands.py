@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-memory-gb",
         type=float,
         default=DEFAULT_WORKER_MEMORY_GB,
-        help="address-space limit of each worker process with --workers > 1 (0: none)",
+        help="address space each worker process may add after its start-up, with --workers > 1;"
+        " a file that needs more is rejected as 'out_of_memory' (0: no limit)",
     )
     ingest.add_argument(
         "--shard-size",

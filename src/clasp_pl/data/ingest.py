@@ -33,8 +33,8 @@ Bounded and resumable:
   :class:`IngestOptions` (default: disorder kept with the ``mixed`` policy, the stated formula
   checked, at most ``max_atoms`` sites and ``5 × max_atoms`` atoms in the conventional cell);
 - each file gets ``time_limit`` seconds (default 60; reject ``timeout``), and each worker
-  process at most ``worker_memory_gb`` GiB of address space (default 4; reject
-  ``out_of_memory``), see :mod:`clasp_pl.data.limits`;
+  process may map at most ``worker_memory_gb`` GiB more than after its start-up (default 4;
+  reject ``out_of_memory``), see :mod:`clasp_pl.data.limits`;
 - the output is written in shards with a manifest and assembled at the end; a killed run that is
   started again with the same inputs and options resumes after its last finished shard and
   writes the same bytes as an uninterrupted run (:mod:`clasp_pl.data.shards`).
@@ -86,7 +86,7 @@ _SPACES = re.compile(r"\s+")
 
 
 DEFAULT_TIME_LIMIT = 60.0  # s per file
-DEFAULT_WORKER_MEMORY_GB = 4.0  # GiB of address space per worker process
+DEFAULT_WORKER_MEMORY_GB = 4.0  # GiB of address space a worker may add after its start-up
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,9 @@ class IngestOptions:
         require_text: reject a structure without title or abstract (``missing_text``).
         time_limit: seconds one file may take (``timeout`` reject); 0 disables it. See
             :func:`clasp_pl.data.limits.time_limit` for how it is enforced.
-        worker_memory_gb: address-space limit of each worker process in GiB (``out_of_memory``
-            reject); 0 disables it. Applied only with ``workers > 1``, in the workers.
+        worker_memory_gb: address space (GiB) each worker process may add after its start-up
+            (``out_of_memory`` reject); 0 disables it. Applied only with ``workers > 1``, in
+            the workers.
     """
 
     reader: Reader = "gemmi"

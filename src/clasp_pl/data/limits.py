@@ -9,11 +9,12 @@
   finishes before the limit fires: the cell-size cap of :mod:`clasp_pl.data.cif` keeps each of
   those calls short.
 - **Memory** (:func:`limit_address_space`): ``RLIMIT_AS`` (virtual address space) of the calling
-  process, set once. An allocation beyond it fails with ``MemoryError`` (numpy, gemmi), which the
-  caller turns into a reject instead of the kernel's OOM killer taking the node. It is applied by
-  ingestion only inside pool worker processes (never to the command's own process, which may
-  hold other large mappings); virtual address space is larger than resident memory (shared
-  libraries and thread stacks count), so the limit should leave ~1 GiB above the expected peak.
+  process, set once to its current size plus an allowance. An allocation beyond it fails with
+  ``MemoryError`` (numpy, gemmi), which the caller turns into a reject instead of the kernel's
+  OOM killer taking the node. Ingestion applies it only inside pool worker processes, after
+  their imports (never to the command's own process, which may hold other large mappings);
+  address space grows at least as fast as resident memory, so the allowance bounds both. Linux
+  only (``/proc/self/statm``); elsewhere no limit is set.
 """
 
 from __future__ import annotations
@@ -67,17 +68,42 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(outer_remaining - elapsed, 1e-3))
 
 
-def limit_address_space(max_bytes: int | None) -> bool:
-    """Lower this process's ``RLIMIT_AS`` soft limit to ``max_bytes`` (never raises it).
+def limit_address_space(extra_bytes: int | None) -> bool:
+    """Let this process map at most ``extra_bytes`` more address space than it has now
+    (``RLIMIT_AS`` soft limit = current size + ``extra_bytes``; a lower limit already set stays).
+
+    Relative to the current size, so that the same setting works on any machine whatever the
+    start-up size of a worker (shared libraries, thread stacks and buffers of numeric libraries
+    vary with the number of cores).
 
     Returns:
         Whether a limit was applied (False for ``None``/``<= 0`` or where unsupported).
     """
-    if not max_bytes or max_bytes <= 0 or resource is None or not hasattr(resource, "RLIMIT_AS"):
+    if (
+        not extra_bytes
+        or extra_bytes <= 0
+        or resource is None
+        or not hasattr(resource, "RLIMIT_AS")
+    ):
+        return False
+    current = _address_space_bytes()
+    if current is None:
         return False
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard)
+    limit = current + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
     if soft != resource.RLIM_INFINITY and soft <= limit:
         return False
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     return True
+
+
+def _address_space_bytes() -> int | None:
+    """This process's mapped address space in bytes (Linux ``/proc/self/statm``), else None."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize()
