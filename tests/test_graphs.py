@@ -15,6 +15,7 @@ from clasp_pl.data.graphs import (
     nearest_neighbor_edges,
     structure_to_graph,
 )
+from clasp_pl.data.records import CrystalRecord
 from clasp_pl.data.rejects import Reject
 from helpers.data import SHARED_DATA, first_records, shared_path
 
@@ -174,3 +175,22 @@ def test_a_dummy_species_has_no_atom_features():
     structure = Structure(Lattice.cubic(5.0), [DummySpecies("X"), "Na"], [[0, 0, 0], [0.5] * 3])
     with pytest.raises(ValueError, match="dummy species"):
         structure_to_graph(structure, GraphConfig())
+
+
+def test_majority_and_skip_policies_still_give_ordered_graphs():
+    path = shared_path(EDGE_CASES / "gemmi__4003024.cif")
+    majority = read_cif(path, occupancy="majority", check_stated_formula=False)
+    assert not isinstance(majority, Reject), majority
+    sites = majority.sites
+    record = CrystalRecord.from_sites(
+        "m", sites.lattice, sites.frac, sites.species, sites.occupancies
+    )
+    assert record.is_ordered and not record.occupancies
+    graph = structure_to_graph(record.to_structure(), GraphConfig(radius=5.0, max_neighbors=8))
+    assert graph.species_per_site.tolist() == [1] * 5
+    assert graph.site_species_z.tolist() == [55, 50, 17, 17, 17]  # In is lost: CsSnCl3
+    assert graph.site_occupancy.tolist() == [1.0] * 5
+    refused = read_cif(path, occupancy="majority")  # the formula check notices the lost In
+    assert isinstance(refused, Reject) and refused.reason == "formula_mismatch"
+    skipped = read_cif(path, occupancy="skip")
+    assert isinstance(skipped, Reject) and skipped.reason == "partial_occupancy"

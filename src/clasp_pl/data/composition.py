@@ -47,6 +47,8 @@ def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarr
     numbers = np.array([element.Z for element in composition.elements], np.int64)
     if numbers.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={numbers.max()} has no composition slot (Z <= 100)")
+    if numbers.min(initial=1) < 1:  # pymatgen's dummy species have no atomic number
+        raise ValueError("a dummy species has no composition slot")
     atoms = composition.num_atoms
     features[numbers - 1] = [composition[element] / atoms for element in composition.elements]
     group = space_group(structure, symprec)

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import DummySpecies, Structure
 
 CGCNN_MAX_Z = 100  # CGCNN's atom_init table covers Z = 1..100
 
@@ -138,11 +138,11 @@ def structure_to_graph(structure: Structure, config: GraphConfig) -> CrystalGrap
         ValueError: for an element beyond Z = 100 or a dummy species (no CGCNN atom features
             exist for it), or a site with more than 255 species.
     """
+    if any(isinstance(specie, DummySpecies) for specie in structure.composition):
+        raise ValueError("a dummy species (X, a centroid...) has no CGCNN atom features")
     z, occupancy, per_site = site_species(structure)
     if z.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={z.max()} has no CGCNN atom features (Z <= 100)")
-    if z.min(initial=1) < 1:
-        raise ValueError("a dummy species (Z=0) has no CGCNN atom features")
     if per_site.max(initial=0) > np.iinfo(np.uint8).max:
         raise ValueError(f"a site holds {per_site.max()} species (at most 255)")
     n_sites = len(per_site)
