@@ -58,7 +58,8 @@ class CrystalGraph:
             site order, its dominant element first.
         site_occupancy: ``[M]`` float32, the occupancy of each entry, in (0, 1]; a site's
             occupancies sum to at most 1 (the rest is a vacancy).
-        species_per_site: ``[N]`` uint8, entries of each site (1 for an ordered site).
+        species_per_site: ``[N]`` uint8, entries of each site (1 for an ordered site; at most
+            100, one per element of the atom table).
         edge_src: ``[E]`` int32, the centre site of each edge.
         edge_dst: ``[E]`` int32, the neighbour site (index inside this crystal).
         edge_dist: ``[E]`` float32, distance in Å.
@@ -136,15 +137,13 @@ def structure_to_graph(structure: Structure, config: GraphConfig) -> CrystalGrap
 
     Raises:
         ValueError: for an element beyond Z = 100 or a dummy species (no CGCNN atom features
-            exist for it), or a site with more than 255 species.
+            exist for it).
     """
     if any(isinstance(specie, DummySpecies) for specie in structure.composition):
         raise ValueError("a dummy species (X, a centroid...) has no CGCNN atom features")
     z, occupancy, per_site = site_species(structure)
     if z.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={z.max()} has no CGCNN atom features (Z <= 100)")
-    if per_site.max(initial=0) > np.iinfo(np.uint8).max:
-        raise ValueError(f"a site holds {per_site.max()} species (at most 255)")
     n_sites = len(per_site)
     centers, neighbors, _images, distances = structure.get_neighbor_list(
         config.radius, exclude_self=True
