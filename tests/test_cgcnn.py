@@ -1,16 +1,19 @@
-"""CGCNN tower: invariances, aggregation paths, shapes."""
+"""CGCNN tower: invariances, aggregation paths, shapes, occupancy-weighted site features."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 
 from clasp_pl.data.batch import collate_graphs
-from clasp_pl.data.graphs import structure_to_graph
+from clasp_pl.data.cif import read_cif
+from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
+from clasp_pl.data.rejects import Reject
 from clasp_pl.models import scatter
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig, GatedConvolution
-from helpers.data import TINY_GRAPH, first_records
+from helpers.data import SHARED_DATA, TINY_GRAPH, first_records, shared_path
 
 
 def encode(model, structures):
@@ -96,3 +99,45 @@ def test_factorised_convolution_equals_the_concatenation_form():
     summed = torch.zeros(10, 8, dtype=torch.float64).index_add_(0, src, messages)
     reference = torch.nn.functional.softplus(atoms + conv.atom_norm(summed))
     torch.testing.assert_close(conv(atoms, src, dst, edges), reference)
+
+
+class AtomicNumberLookup(CGCNN):
+    """The tower as it was before disorder was kept: one Z per site, its table row as input."""
+
+    def site_features(self, batch):
+        assert torch.equal(batch["species_site"], torch.arange(len(batch["crystal_index"])))
+        return self.atom_table[batch["site_species_z"]]
+
+
+def test_ordered_crystals_give_the_numbers_of_the_atomic_number_lookup(model):
+    structures = [r.to_ordered_structure() for r in first_records(6, max_sites=24)]
+    batch = collate_graphs([vars(structure_to_graph(s, TINY_GRAPH)) for s in structures])
+    numbers = torch.tensor([z for s in structures for z in s.atomic_numbers])
+    torch.testing.assert_close(
+        model.site_features(batch), model.atom_table[numbers], atol=1e-6, rtol=0
+    )
+    old = AtomicNumberLookup(model.config, TINY_GRAPH)
+    old.load_state_dict(model.state_dict())
+    old.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), old(batch), atol=1e-6, rtol=0)
+
+
+def test_a_mixed_site_feature_is_the_occupancy_weighted_sum_of_its_elements(model):
+    parsed = read_cif(shared_path(SHARED_DATA / "cif_edge_cases" / "gemmi__4003024.cif"))
+    assert not isinstance(parsed, Reject), parsed
+    structure = parsed.structure  # Cs (Sn0.9 In0.0672) Cl3
+    batch = collate_graphs([vars(structure_to_graph(structure, TINY_GRAPH))])
+    features = model.site_features(batch)
+    table = cgcnn_atom_features()
+    by_hand = 0.9 * table[50] + 0.0672 * table[49]  # Sn, In; the 3 % vacancy adds nothing
+    np.testing.assert_allclose(features[1].numpy(), by_hand, atol=1e-6)
+    np.testing.assert_allclose(features[0].numpy(), table[55], atol=0)  # ordered Cs
+    assert model(batch).shape == (1, 24)
+
+
+def test_a_partly_vacant_site_is_its_element_scaled_by_its_occupancy(model):
+    half = Structure(Lattice.cubic(4.0), [{"Na": 0.5}, "Cl"], [[0, 0, 0], [0.5] * 3])
+    features = model.site_features(collate_graphs([vars(structure_to_graph(half, TINY_GRAPH))]))
+    table = cgcnn_atom_features()
+    np.testing.assert_allclose(features.numpy(), [0.5 * table[11], table[17]], atol=1e-7)

@@ -87,7 +87,11 @@ def _lin(x: torch.Tensor, state: dict, prefix: str) -> torch.Tensor:
 def official_crystal_embeddings(state: dict, batch: dict) -> torch.Tensor:
     """The official CGCNN + MLP forward (eval mode), written from its description."""
     table = torch.from_numpy(cgcnn_atom_features())
-    atoms = _lin(table[batch["atomic_numbers"]], state, "model.atom_embedding_proj.")
+    n_sites = len(batch["crystal_index"])
+    occupancy = torch.zeros(n_sites, len(batch["site_species_z"]))  # [sites, species entries]
+    occupancy[batch["species_site"], torch.arange(occupancy.shape[1])] = batch["site_occupancy"]
+    species = table[batch["site_species_z"]]
+    atoms = _lin(occupancy @ species, state, "model.atom_embedding_proj.")  # occup @ atom_features
     centres = torch.arange(0.0, TINY_GRAPH.radius + 0.2, 0.2)
     edges = torch.exp(-((batch["edge_dist"][:, None] - centres) ** 2) / 0.2**2)
     src, dst = batch["edge_src"], batch["edge_dst"]
@@ -125,10 +129,7 @@ def crystal_batch() -> dict:
         graph = structure_to_graph(record.to_structure(), TINY_GRAPH)
         samples.append(
             {
-                "atomic_numbers": graph.atomic_numbers,
-                "edge_src": graph.edge_src,
-                "edge_dst": graph.edge_dst,
-                "edge_dist": graph.edge_dist,
+                **vars(graph),
                 "group_id": np.array([0]),
                 "record_index": np.array([0]),
                 "item_id": np.array([0]),

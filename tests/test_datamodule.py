@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from clasp_pl.data import featurize
-from clasp_pl.data.batch import PairBatch, collate_pairs
+from clasp_pl.data.batch import PairBatch, collate_graphs, collate_pairs
 from clasp_pl.data.composition import composition_features
 from clasp_pl.data.datamodule import CrystalTextDataModule, records_cache_root
 from clasp_pl.data.featurize import (
@@ -84,6 +84,31 @@ def test_graph_store_ignores_the_gaussian_basis(
     assert len(store) == 12
 
 
+def test_graph_format_version_is_part_of_the_graph_key(
+    tmp_path: Path, few_records: Path, monkeypatch
+) -> None:
+    build_graph_store(few_records, tmp_path / "graphs", TINY_GRAPH)
+    monkeypatch.setattr(featurize, "GRAPH_FORMAT_VERSION", 999)
+    build_graph_store(few_records, tmp_path / "graphs", TINY_GRAPH)
+    assert _manifest_key(tmp_path / "graphs")["version"] == 999
+
+
+def test_graph_store_keeps_the_species_and_occupancies_of_a_mixed_site(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl.gz"
+    write_records([_record("nacl", ["Na", "Cl"]), cs_sn_in_cl3()], path)
+    store, rejects = build_graph_store(path, tmp_path / "graphs", TINY_GRAPH)
+    assert not rejects and len(store) == 2
+    ordered, mixed = store[0], store[1]
+    assert ordered["site_species_z"].tolist() == [11, 17]
+    assert ordered["species_per_site"].tolist() == [1, 1]
+    assert mixed["site_species_z"].tolist() == [55, 50, 49, 17, 17, 17]
+    assert mixed["species_per_site"].tolist() == [1, 2, 1, 1, 1]
+    np.testing.assert_allclose(mixed["site_occupancy"], [1, 0.9, 0.07, 1, 1, 1], rtol=1e-6)
+    batch = collate_graphs([ordered, mixed])
+    assert batch["species_site"].tolist() == [0, 1, 2, 3, 3, 4, 5, 6]
+    assert batch["crystal_index"].tolist() == [0, 0, 1, 1, 1, 1, 1]
+
+
 def test_caption_format_version_is_part_of_the_token_key(
     tmp_path: Path, few_records: Path, monkeypatch
 ) -> None:
@@ -112,6 +137,39 @@ def _record(record_id: str, species: list[str]) -> CrystalRecord:
 def test_element_beyond_z100_has_no_composition_descriptor() -> None:
     with pytest.raises(ValueError, match="Z=104"):
         composition_features(_record("rf", ["Rf", "O"]).to_structure())
+
+
+def cs_sn_in_cl3() -> CrystalRecord:
+    """A Cs(Sn0.9In0.07)Cl3 perovskite cell (COD 4003024's sites, a = 5.6 Å): one mixed site
+    with a 3 % vacancy."""
+    return CrystalRecord(
+        "cs-sn-in-cl3",
+        [[5.6, 0, 0], [0, 5.6, 0], [0, 0, 5.6]],
+        ["Cs", "Sn", "Cl", "Cl", "Cl"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        occupancies=[{"Cs": 1.0}, {"Sn": 0.9, "In": 0.07}, {"Cl": 1.0}, {"Cl": 1.0}, {"Cl": 1.0}],
+        title="t",
+    )
+
+
+def test_composition_descriptor_of_a_disordered_structure_uses_every_occupancy() -> None:
+    features = composition_features(cs_sn_in_cl3().to_structure())
+    atoms = 1 + 0.9 + 0.07 + 3  # occupancy-weighted atoms per cell
+    fractions = np.zeros(100)
+    fractions[[55 - 1, 50 - 1, 49 - 1, 17 - 1]] = [1 / atoms, 0.9 / atoms, 0.07 / atoms, 3 / atoms]
+    np.testing.assert_allclose(features[:100], fractions, rtol=1e-6)
+    assert features[100:330].argmax() + 1 == 221 and features[100:330].sum() == 1  # Pm-3m
+    np.testing.assert_allclose(features[330], np.log(5), rtol=1e-6)  # sites
+    np.testing.assert_allclose(features[331], 5.6**3 / atoms / 20, rtol=1e-6)
+    grams = (132.905 + 0.9 * 118.71 + 0.07 * 114.818 + 3 * 35.45) / 6.02214076e23
+    np.testing.assert_allclose(features[332], grams / (5.6e-8) ** 3 / 5, rtol=1e-4)
+
+
+def test_composition_descriptor_of_an_ordered_structure_counts_sites() -> None:
+    features = composition_features(_record("nacl", ["Na", "Cl"]).to_structure())
+    np.testing.assert_allclose(features[[11 - 1, 17 - 1]], [0.5, 0.5], rtol=1e-7)
+    assert features[:100].sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(features[331], 4.0**3 / 2 / 20, rtol=1e-6)
 
 
 def test_failing_record_is_a_composition_reject_that_keeps_its_place() -> None:
@@ -293,13 +351,17 @@ def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_pa
     train = dm.datasets["train"]
     batch = collate_pairs([train[i] for i in range(5)], dm.pad_token_id)
     assert set(batch) == PairBatch.__required_keys__ | PairBatch.__optional_keys__
-    n_atoms, n_edges = len(batch["atomic_numbers"]), len(batch["edge_src"])
+    n_sites, n_edges = len(batch["crystal_index"]), len(batch["edge_src"])
+    n_species = len(batch["site_species_z"])
     assert batch["num_crystals"] == 5
+    assert n_species >= n_sites and int(batch["species_site"].max()) == n_sites - 1
     for name, shape, dtype in [
-        ("atomic_numbers", (n_atoms,), torch.int64),
+        ("site_species_z", (n_species,), torch.int64),
+        ("site_occupancy", (n_species,), torch.float32),
+        ("species_site", (n_species,), torch.int64),
         ("edge_dst", (n_edges,), torch.int64),
         ("edge_dist", (n_edges,), torch.float32),
-        ("crystal_index", (n_atoms,), torch.int64),
+        ("crystal_index", (n_sites,), torch.int64),
         ("group_ids", (5,), torch.int64),
         ("record_index", (5,), torch.int64),
         ("item_id", (5,), torch.int64),

@@ -15,6 +15,7 @@ from clasp_pl.search.lexical import (
     lexical_scores,
     mentioned_elements,
     parse_formulas,
+    reduced_formula,
 )
 
 
@@ -114,3 +115,30 @@ def test_explain() -> None:
     assert explain("iron", Composition("Fe3O4")) == "elements Fe (Jaccard 0.50)"
     assert explain("a new mineral", Composition("Fe3O4")) == "query names no element"
     assert explain("silicon", Composition("NaCl")) == "no element in common"
+
+
+@pytest.mark.parametrize(
+    "amounts,expected",
+    [
+        ({"Fe": 4, "O": 6}, "Fe2O3"),
+        ({"Mg": 7.2, "Fe": 0.8, "Si": 4, "O": 16}, "Mg1.8Fe0.2SiO4"),  # olivine cell, Z = 4
+        ({"Cs": 1, "Sn": 0.9, "In": 0.0672, "Cl": 3}, "CsIn0.0672Sn0.9Cl3"),  # COD 4003024
+        ({"Mg": 2, "Al": 1.999998, "O": 8}, "MgAlO4"),  # rounded occupancies are whole
+        ({"Cu": 2.2848, "Se": 4}, "Cu0.5712Se"),  # Cu spread over partly occupied sites
+    ],
+)
+def test_reduced_formula_of_a_disordered_composition(amounts, expected) -> None:
+    formula = reduced_formula(Composition(amounts))
+    assert formula == expected
+    assert formula_key(Composition(formula)) == formula_key(Composition(amounts))
+
+
+def test_a_disordered_target_is_scored_by_its_full_composition() -> None:
+    """Cs(Sn0.9In0.07)Cl3: indium is one of its elements; the dominant-element formula is no
+    exact match any more, the written mixed formula is."""
+    target = Composition({"Cs": 1, "Sn": 0.9, "In": 0.07, "Cl": 3})
+    scores = lexical_scores(
+        ["indium caesium chloride", "CsSnCl3", "Cs(Sn0.9In0.07)Cl3"], [target], element_weight=0.8
+    )
+    torch.testing.assert_close(scores[:, 0], torch.tensor([0.8 * 3 / 4, 0.8 * 3 / 4, 1.0]))
+    assert explain("Cs(Sn0.9In0.07)Cl3", target) == "formula match CsIn0.07Sn0.9Cl3"

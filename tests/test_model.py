@@ -53,8 +53,12 @@ def data_module(records_file, tmp_path, text: TextConfig, **kwargs) -> CrystalTe
 def test_collated_batch_is_consistent(records_file, tmp_path):
     dm = data_module(records_file, tmp_path, TextConfig(model="tiny-random"))
     batch = next(iter(dm.train_dataloader()))
-    n_atoms = batch["atomic_numbers"].shape[0]
-    assert batch["crystal_index"].shape == (n_atoms,)
+    n_sites = batch["crystal_index"].shape[0]
+    assert batch["site_species_z"].shape == batch["site_occupancy"].shape
+    assert batch["species_site"].shape == batch["site_species_z"].shape
+    # every site has at least one species entry, and entries are grouped by site
+    assert torch.equal(batch["species_site"].unique(), torch.arange(n_sites))
+    assert (batch["species_site"].diff() >= 0).all()
     assert batch["num_crystals"] == 16 == batch["input_ids"].shape[0]
     # every edge stays inside its own crystal
     src_crystal = batch["crystal_index"][batch["edge_src"]]

@@ -20,9 +20,11 @@ from torch.utils.data import DataLoader
 
 from clasp_pl.api import embed_structures, embed_texts, load_model, score, text_max_length
 from clasp_pl.data.batch import collate_pairs
+from clasp_pl.data.cif import read_cif
 from clasp_pl.data.graphs import structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder
-from clasp_pl.data.records import read_records
+from clasp_pl.data.records import CrystalRecord, read_records
+from clasp_pl.data.rejects import Reject
 from clasp_pl.evaluation.hybrid import ALPHA_GRID, choose_alpha
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
@@ -32,10 +34,11 @@ from clasp_pl.search.commands import embed_main, search_main
 from clasp_pl.search.hybrid import hybrid_search, lexical_index
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
+from clasp_pl.search.meta import record_meta
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
 from helpers.data import COD_SAMPLE as COD
-from helpers.data import TINY_GRAPH, shared_path
+from helpers.data import SHARED_DATA, TINY_GRAPH, shared_path
 from helpers.lightning import quiet_trainer
 
 TRAIN_STEPS = 60
@@ -294,3 +297,26 @@ def test_search_refuses_options_it_would_ignore(tmp_path, capsys, argv, message)
     with pytest.raises(SystemExit) as exit_info:
         search_main(["--index", str(tmp_path), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_meta_line_of_a_disordered_record_has_its_full_formula():
+    """COD 4003024 read by the default reader (mixed policy): the index shows In, not CsSnCl3."""
+    parsed = read_cif(shared_path(SHARED_DATA / "cif_edge_cases" / "gemmi__4003024.cif"))
+    assert not isinstance(parsed, Reject), parsed
+    record = CrystalRecord.from_sites(
+        "4003024",
+        parsed.sites.lattice,
+        parsed.sites.frac,
+        parsed.sites.species,
+        parsed.sites.occupancies,
+        title="CsSnCl3 doped with indium",
+    )
+    assert not record.is_ordered
+    meta = record_meta(record, record.to_structure())
+    assert (meta["id"], meta["formula"], meta["spacegroup"]) == (
+        "4003024",
+        "CsIn0.0672Sn0.9Cl3",
+        "Pm-3m",
+    )
+    lexical = lexical_index([meta])
+    torch.testing.assert_close(lexical.scores(["indium"])[0], torch.tensor([0.8 / 4]))

@@ -1,6 +1,7 @@
 """Batches: what collate makes of cached samples, and what the towers and LightningModules read.
 
-Sizes: ``B`` crystals (one caption each in a pair batch), ``N`` atoms and ``E`` directed edges
+Sizes: ``B`` crystals (one caption each in a pair batch), ``N`` sites (graph nodes), ``M``
+(site, element) species entries (``M = N`` when every crystal is ordered) and ``E`` directed edges
 over the whole batch, ``L`` tokens of the longest caption, ``H`` the text tower's width.
 Samples are store items (:mod:`clasp_pl.data.cache`): dicts of numpy arrays, one per field.
 """
@@ -20,18 +21,25 @@ Sample = Mapping[str, np.ndarray]
 
 
 class GraphBatch(TypedDict):
-    """Crystal graphs stacked PyG-style: atoms concatenated, edge indices offset per crystal.
+    """Crystal graphs stacked PyG-style: sites concatenated, edge and site indices offset per
+    crystal.
 
     Keys:
-        atomic_numbers: ``[N]`` int64, Z of every atom.
-        edge_src: ``[E]`` int64, batch-level index of each directed edge's centre atom.
-        edge_dst: ``[E]`` int64, batch-level index of its neighbour atom.
+        site_species_z: ``[M]`` int64, Z of each species entry (a site's entries are
+            consecutive; an ordered site has one).
+        site_occupancy: ``[M]`` float32, its occupancy in (0, 1] (1 on an ordered site; a
+            site's occupancies sum to at most 1, the rest being a vacancy).
+        species_site: ``[M]`` int64, batch-level index (``0..N-1``) of each entry's site.
+        edge_src: ``[E]`` int64, batch-level index of each directed edge's centre site.
+        edge_dst: ``[E]`` int64, batch-level index of its neighbour site.
         edge_dist: ``[E]`` float32, edge length in Å.
-        crystal_index: ``[N]`` int64, the crystal (``0..B-1``) of each atom.
+        crystal_index: ``[N]`` int64, the crystal (``0..B-1``) of each site.
         num_crystals: ``B``.
     """
 
-    atomic_numbers: Tensor
+    site_species_z: Tensor
+    site_occupancy: Tensor
+    species_site: Tensor
     edge_src: Tensor
     edge_dst: Tensor
     edge_dist: Tensor
@@ -90,19 +98,25 @@ def _concat(samples: Sequence[Sample], name: str, dtype: type = np.int64) -> Ten
 def collate_graphs(samples: Sequence[Sample]) -> GraphBatch:
     """Stack crystal graphs into one :class:`GraphBatch`.
 
-    Each sample needs ``atomic_numbers [n]``, ``edge_src``, ``edge_dst`` (indices inside its
-    crystal) and ``edge_dist [e]`` (Å).
+    Each sample needs the fields of :class:`~clasp_pl.data.graphs.CrystalGraph`:
+    ``site_species_z``, ``site_occupancy [m]``, ``species_per_site [n]``, ``edge_src``,
+    ``edge_dst`` (site indices inside its crystal) and ``edge_dist [e]`` (Å).
     """
-    atoms_per_crystal = np.array([len(s["atomic_numbers"]) for s in samples])
-    atom_offsets = np.r_[0, np.cumsum(atoms_per_crystal)[:-1]]
+    species_per_site = np.concatenate([s["species_per_site"] for s in samples]).astype(np.int64)
+    sites_per_crystal = np.array([len(s["species_per_site"]) for s in samples])
+    site_offsets = np.r_[0, np.cumsum(sites_per_crystal)[:-1]]
     edges_per_crystal = np.array([len(s["edge_src"]) for s in samples])
-    edge_offset = torch.from_numpy(np.repeat(atom_offsets, edges_per_crystal))
+    edge_offset = torch.from_numpy(np.repeat(site_offsets, edges_per_crystal))
     return GraphBatch(
-        atomic_numbers=_concat(samples, "atomic_numbers"),
+        site_species_z=_concat(samples, "site_species_z"),
+        site_occupancy=_concat(samples, "site_occupancy", np.float32),
+        species_site=torch.from_numpy(
+            np.repeat(np.arange(len(species_per_site)), species_per_site)
+        ),
         edge_src=_concat(samples, "edge_src") + edge_offset,
         edge_dst=_concat(samples, "edge_dst") + edge_offset,
         edge_dist=_concat(samples, "edge_dist", np.float32),
-        crystal_index=torch.from_numpy(np.repeat(np.arange(len(samples)), atoms_per_crystal)),
+        crystal_index=torch.from_numpy(np.repeat(np.arange(len(samples)), sites_per_crystal)),
         num_crystals=len(samples),
     )
 

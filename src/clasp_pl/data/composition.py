@@ -3,11 +3,15 @@
 What does the crystal graph add beyond composition? The baseline answers it with a fixed-length
 vector per structure (no graph):
 
-- ``[0:100]``   element fractions (Z = 1..100, sums to 1);
-- ``[100:330]`` one-hot space group number (1..230; all zero when symmetry detection fails);
+- ``[0:100]``   element fractions (Z = 1..100, sums to 1) of the full, occupancy-weighted
+  composition: ``Cs(Sn0.9In0.07)Cl3`` has Sn 0.9/4.97 and In 0.07/4.97, not the dominant Sn only;
+- ``[100:330]`` one-hot space group number (1..230; all zero when symmetry detection fails); a
+  disordered structure's is that of its average structure, every distinct mix of species on a
+  site being one atom type (as for :mod:`clasp_pl.data.labels`' crystal system);
 - ``[330]``     log(number of sites in the cell);
-- ``[331]``     volume per atom in Å^3, divided by 20;
-- ``[332]``     density in g/cm^3, divided by 5.
+- ``[331]``     volume per atom in Å^3 (atoms = occupancy-weighted, the sites' occupancies
+  summed; the number of sites for an ordered cell), divided by 20;
+- ``[332]``     density in g/cm^3 (occupancy-weighted mass), divided by 5.
 
 A structure with an element beyond Z = 100 has no descriptor (:func:`composition_features`
 raises ``ValueError``; nothing is clipped): the cache stores its row as all-NaN and reports it as
@@ -28,24 +32,29 @@ N_SPACE_GROUPS = 230
 # the graph tower see the same structures.
 COMPOSITION_DIM = CGCNN_MAX_Z + N_SPACE_GROUPS + 3
 # Part of the composition cache's key: bump it whenever the layout or scaling above changes.
-COMPOSITION_FORMAT_VERSION = 1
+COMPOSITION_FORMAT_VERSION = 2  # 1: sites counted by their dominant element; 2: occupancies
 
 
 def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarray:
-    """``[COMPOSITION_DIM]`` float32 descriptor of one ordered structure (layout above).
+    """``[COMPOSITION_DIM]`` float32 descriptor of one structure, ordered or disordered (layout
+    above).
 
     Raises:
         ValueError: for an element beyond Z = 100 (no element-fraction slot).
     """
     features = np.zeros(COMPOSITION_DIM, np.float32)
-    numbers = np.asarray(structure.atomic_numbers)
+    composition = structure.composition
+    numbers = np.array([element.Z for element in composition.elements], np.int64)
     if numbers.max(initial=0) > CGCNN_MAX_Z:
         raise ValueError(f"element with Z={numbers.max()} has no composition slot (Z <= 100)")
-    np.add.at(features, numbers - 1, 1.0 / len(numbers))
+    if numbers.min(initial=1) < 1:  # pymatgen's dummy species have no atomic number
+        raise ValueError("a dummy species has no composition slot")
+    atoms = composition.num_atoms
+    features[numbers - 1] = [composition[element] / atoms for element in composition.elements]
     group = space_group(structure, symprec)
     if group is not None:  # a failed symmetry search only loses this part
         features[CGCNN_MAX_Z + group.number - 1] = 1.0
     features[-3] = np.log(len(structure))
-    features[-2] = structure.volume / len(structure) / 20.0
+    features[-2] = structure.volume / atoms / 20.0
     features[-1] = structure.density / 5.0
     return features

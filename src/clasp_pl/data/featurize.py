@@ -6,8 +6,10 @@ file, or a :class:`RecordSource` (its lines and fingerprint, read once: the data
 several stores from one reading, and a keywords file applied to the records is part of the text
 stores' fingerprint):
 
-- ``graphs/``: one item per featurizable record: ``atomic_numbers``, ``edge_src``, ``edge_dst``,
-  ``edge_dist`` (Å), ``record_index`` and ``group_id`` (paper id, int64);
+- ``graphs/``: one item per featurizable record: the fields of
+  :class:`~clasp_pl.data.graphs.CrystalGraph` (``site_species_z``, ``site_occupancy``,
+  ``species_per_site``: every site's species and occupancies, disorder kept; ``edge_src``,
+  ``edge_dst``, ``edge_dist`` in Å), ``record_index`` and ``group_id`` (paper id, int64);
 - ``tokens/``: one item per record (same order as the records file): ``input_ids`` (int32,
   truncated to ``max_length``, unpadded);
 - ``text_features/`` (only for a frozen text tower): one ``[1, H]`` float32 item per record, the
@@ -52,7 +54,7 @@ from clasp_pl.text.sources import load_tokenizer, resolve
 from clasp_pl.text.tokens import encode_captions
 from clasp_pl.text.tower import TextTower
 
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2  # 1: one Z per site; 2: species and occupancies per site (CSR)
 IndexedLines = Sequence[tuple[int, str]]  # a shard's inputs: (record_index, record_json)
 
 log = rank_zero_logger(__name__)
@@ -142,14 +144,12 @@ def featurize_records(
 
 
 def _graph_item(config: GraphConfig, index: int, record: CrystalRecord) -> Item:
-    """Graph item of record ``index``: ``atomic_numbers [N]``, ``edge_src``, ``edge_dst``,
-    ``edge_dist [E]`` (Å), ``record_index [1]`` and ``group_id [1]``."""
+    """Graph item of record ``index`` (its structure as reported, disorder kept): the
+    :class:`~clasp_pl.data.graphs.CrystalGraph` fields, ``record_index [1]`` and
+    ``group_id [1]``."""
     graph = structure_to_graph(record.to_structure(), config)
     return {
-        "atomic_numbers": graph.atomic_numbers,
-        "edge_src": graph.edge_src,
-        "edge_dst": graph.edge_dst,
-        "edge_dist": graph.edge_dist,
+        **vars(graph),
         "record_index": np.array([index], np.int64),
         "group_id": np.array([stable_hash64(record.group)], np.int64),
     }

@@ -4,10 +4,16 @@ Two labellings (:class:`ClassTarget`), each class names and a function from a re
 index (``None`` when the structure has no label):
 
 - ``crystal_system``: the 7 crystal systems, from pymatgen's ``SpacegroupAnalyzer`` at a
-  tolerance of :data:`SYMPREC` = 0.1 Å. A geometric property.
+  tolerance of :data:`SYMPREC` = 0.1 Å, of the structure as reported. A geometric property.
+  spglib takes a disordered structure as it is: pymatgen gives every distinct mix of species on a
+  site (``{Mg: 0.5, Ti: 0.5}``, ``{Cu: 0.3}``) its own atom type, so the result is the symmetry
+  of the average structure, which is what the paper reports. No dominant-element stand-in is
+  used: relabelling a mixed site by its majority element can merge it with an ordered site of
+  that element and raise the symmetry.
 - ``mineral_class``: the chemical class of a mineral in the order of the Nickel–Strunz
-  classification (classes 1–9), decided from the elements of the composition alone by the first
-  rule that matches:
+  classification (classes 1–9), decided from the elements of the full, occupancy-weighted
+  composition (every element on any site, however small its occupancy: vaterite's disordered
+  carbonate counts) by the first rule that matches:
 
   1. ``silicates``: Si or Ge, with O;
   2. ``phosphates``: P or As, with O (arsenates);
@@ -75,8 +81,8 @@ _PNICTIDE_ANIONS = {"As", "Sb", "Bi"}
 
 
 def crystal_system_index(record: CrystalRecord) -> int | None:
-    """Index in :data:`CRYSTAL_SYSTEMS` of the record's crystal system; ``None`` when spglib
-    cannot analyse the structure."""
+    """Index in :data:`CRYSTAL_SYSTEMS` of the record's crystal system (of its structure as
+    reported, disorder kept); ``None`` when spglib cannot analyse the structure."""
     group = space_group(record.to_structure(), SYMPREC)
     return None if group is None else CRYSTAL_SYSTEMS.index(group.crystal_system)
 
@@ -98,7 +104,8 @@ def mineral_class_of(composition: Composition | str) -> str:
 
 
 def mineral_class_index(record: CrystalRecord) -> int:
-    """Index in :data:`MINERAL_CLASSES` of the record's chemical class."""
+    """Index in :data:`MINERAL_CLASSES` of the record's chemical class (of its full
+    composition)."""
     return MINERAL_CLASSES.index(mineral_class_of(record.composition))
 
 

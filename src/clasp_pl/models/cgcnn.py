@@ -1,6 +1,6 @@
 """CGCNN crystal encoder (Xie & Grossman, Phys. Rev. Lett. 120, 145301, 2018).
 
-Atoms start from CGCNN's 92-d one-hot descriptors, are embedded to ``atom_fea_len``, updated by
+Sites start from CGCNN's 92-d one-hot descriptors, are embedded to ``atom_fea_len``, updated by
 ``n_conv`` gated graph convolutions
 
     z_ij = [v_i, v_j, g(d_ij)]
@@ -9,6 +9,12 @@ Atoms start from CGCNN's 92-d one-hot descriptors, are embedded to ``atom_fea_le
 (with batch norm on the gated pre-activations as in the reference), mean-pooled per crystal and
 passed through ``n_hidden`` dense layers of width ``h_fea_len``. ``g(d)`` is a Gaussian expansion
 of the edge length ``d`` (Å), computed here from the compact cached distances.
+
+A site's 92-d input is the occupancy-weighted sum of its elements' descriptors (the authors'
+``occup @ atom_features``): ``Cs(Sn0.9In0.07)Cl3``'s mixed site is ``0.9 x[Sn] + 0.07 x[In]``, the
+3 % vacancy adds nothing, and an ordered site gets its element's row exactly. A learned element
+embedding would be pooled over a site's species the same way
+(:func:`~clasp_pl.models.scatter.weighted_segment_sum` of its rows).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch.nn import functional as F
 
 from clasp_pl.data.batch import GraphBatch
 from clasp_pl.data.graphs import GraphConfig, cgcnn_atom_features
-from clasp_pl.models.scatter import segment_mean, segment_sum
+from clasp_pl.models.scatter import segment_mean, segment_sum, weighted_segment_sum
 
 
 @dataclass
@@ -119,15 +125,27 @@ class CGCNN(nn.Module):
     def out_dim(self) -> int:
         return self.config.h_fea_len if self.config.n_hidden else self.config.atom_fea_len
 
+    def site_features(self, batch: GraphBatch) -> torch.Tensor:
+        """The 92-d CGCNN descriptor of every site, ``[N, 92]``: the occupancy-weighted sum of
+        the table rows of its species (see the module docstring)."""
+        return weighted_segment_sum(
+            self.atom_table[batch["site_species_z"]],
+            batch["site_occupancy"],
+            batch["species_site"],
+            batch["crystal_index"].shape[0],
+            self.config.use_torch_scatter,
+        )
+
     def forward(self, batch: GraphBatch) -> torch.Tensor:
-        """Encode a batch of crystal graphs (:class:`~clasp_pl.data.batch.GraphBatch`: atomic
-        numbers ``[N]``, directed edges ``[E]`` with lengths in Å, the crystal of each atom).
+        """Encode a batch of crystal graphs (:class:`~clasp_pl.data.batch.GraphBatch`: the
+        species and occupancies of ``N`` sites, directed edges ``[E]`` with lengths in Å, the
+        crystal of each site).
 
         Returns:
             ``[B, out_dim]`` crystal features.
         """
         edge_src, edge_dst = batch["edge_src"], batch["edge_dst"]
-        atoms = self.embed(self.atom_table[batch["atomic_numbers"]])
+        atoms = self.embed(self.site_features(batch))
         edges = self.distance(batch["edge_dist"])
         for conv in self.convs:
             atoms = conv(atoms, edge_src, edge_dst, edges)

@@ -31,6 +31,19 @@ def segment_sum(
     return out.index_add_(0, index, values)
 
 
+def weighted_segment_sum(
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    index: torch.Tensor,
+    num_segments: int,
+    use_torch_scatter: bool | None = None,
+) -> torch.Tensor:
+    """``sum_m weights[m] * values[m]`` per segment: ``values [M, F]``, ``weights [M]`` and
+    ``index [M]`` -> ``[num_segments, F]`` (a segment with one row of weight 1 gets that row
+    exactly)."""
+    return segment_sum(values * weights.unsqueeze(-1), index, num_segments, use_torch_scatter)
+
+
 def segment_mean(
     values: torch.Tensor,
     index: torch.Tensor,

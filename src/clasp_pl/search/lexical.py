@@ -2,7 +2,9 @@
 
 :func:`parse_formulas` finds chemical formulas written in text, :func:`mentioned_elements` the
 set of elements a text names (through formulas, element names, anion words and chemical
-systems), and :class:`LexicalIndex` scores query texts against a list of compositions.
+systems), and :class:`LexicalIndex` scores query texts against a list of compositions: the full,
+occupancy-weighted compositions of the structures (a disordered site contributes every element on
+it), written out by :func:`reduced_formula`.
 
 Formula rules (documented heuristics, tuned for titles of crystallography papers):
 
@@ -30,6 +32,7 @@ Formula rules (documented heuristics, tuned for titles of crystallography papers
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -68,6 +71,12 @@ _ION = re.compile(
     r"\b([A-Z][a-z]?)(?=\d?\+|\d?[-−](?![\w-])|<sup>[^<]*[+−-]|\^\d*[+−-]\^|[²³⁴⁵⁶⁷]?[⁺⁻]"
     r"|\(" + _ROMAN + r"\))"
 )
+
+_UNIT_COUNT = re.compile(r"(?<=[A-Za-z])1(?![\d.])")
+FORMULA_DECIMALS = 4
+"""Decimals of the amounts :func:`reduced_formula` writes."""
+WHOLE_TOLERANCE = 1e-3
+"""An amount this close to a whole number counts as whole in :func:`reduced_formula`."""
 
 _ANION_WORDS = {
     "oxide": "O",
@@ -157,6 +166,25 @@ def formula_key(composition: Composition) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((el, round(amt / total, 4)) for el, amt in amounts.items()))
 
 
+def reduced_formula(composition: Composition) -> str:
+    """The formula of one formula unit, disorder included.
+
+    Whole amounts reduce as in pymatgen (``Fe4O6`` -> ``Fe2O3``). An occupancy-weighted
+    composition is divided by the greatest common divisor of its whole amounts and its amounts
+    are rounded to :data:`FORMULA_DECIMALS` decimals: ``Mg7.2 Fe0.8 Si4 O16`` -> ``Mg1.8Fe0.2SiO4``,
+    ``Cs Sn0.9 In0.0672 Cl3`` -> ``CsIn0.0672Sn0.9Cl3`` (not the dominant-element ``CsSnCl3``).
+    """
+    amounts = composition.get_el_amt_dict()
+    whole = [
+        round(amount)
+        for amount in amounts.values()
+        if round(amount) > 0 and abs(amount - round(amount)) <= WHOLE_TOLERANCE
+    ]
+    factor = math.gcd(*whole) if whole else 1
+    unit = Composition({el: round(amt / factor, FORMULA_DECIMALS) for el, amt in amounts.items()})
+    return _UNIT_COUNT.sub("", unit.reduced_formula)
+
+
 class LexicalIndex:
     """Compositions of the targets, encoded once for scoring many queries.
 
@@ -220,7 +248,7 @@ def explain(query_text: str, composition: Composition) -> str:
     """
     key = formula_key(composition)
     if any(formula_key(f) == key for f in parse_formulas(query_text)):
-        return f"formula match {composition.reduced_formula}"
+        return f"formula match {reduced_formula(composition)}"
     query = mentioned_elements(query_text)
     if not query:
         return "query names no element"
