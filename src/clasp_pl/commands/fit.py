@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import warnings
@@ -20,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
+from clasp_pl.errors import UserError
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.text.config import TextConfig
 
@@ -70,13 +72,43 @@ def frozen_towers_in_eval_mode() -> Iterator[None]:
         yield
 
 
+class ConfigError(UserError):
+    """A config file or command line that LightningCLI refuses (an unknown key, a bad value)."""
+
+    kind = "config"
+
+
+def config_sources(argv: list[str]) -> str:
+    """The config files named in ``argv`` (``--config F``, ``-c F``, ``--config=F``), or
+    ``"command line"`` when there are none: where a refused key may come from."""
+    files = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("--config", "-c")] + [
+        word.split("=", 1)[1] for word in argv if word.startswith("--config=")
+    ]
+    return ", ".join(files) or "command line"
+
+
+def run_lightning_cli(cli_class: type[LightningCLI], model, data, argv: list[str]) -> None:
+    """Run ``cli_class`` on ``argv``; a refused option or config key raises :class:`ConfigError`
+    instead of printing the whole usage."""
+    try:
+        with frozen_towers_in_eval_mode():
+            cli_class(
+                model,
+                data,
+                args=argv,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False},
+            )
+    except argparse.ArgumentError as error:
+        command = " ".join(["clasp", *argv[:1]])
+        raise ConfigError(
+            config_sources(argv),
+            " ".join(str(error).split()),
+            f"check the key's spelling; `{command} --help` lists every option",
+        ) from error
+
+
 def main(argv: list[str]) -> int:
     """Run LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` + options)."""
-    with frozen_towers_in_eval_mode():
-        CLaSPCLI(
-            CLaSPModule,
-            CrystalTextDataModule,
-            args=argv,
-            save_config_kwargs={"overwrite": True},
-        )
+    run_lightning_cli(CLaSPCLI, CLaSPModule, CrystalTextDataModule, argv)
     return 0

@@ -26,6 +26,7 @@ from clasp_pl.data.loading import ResumableDataLoader
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.errors import UserError
 from clasp_pl.rank_zero import rank_zero_logger
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
@@ -45,6 +46,12 @@ def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
     name = records.name.removesuffix(".gz").removesuffix(".jsonl")
     digest = hashlib.sha256(str(records.resolve()).encode()).hexdigest()[:8]
     return Path(cache_dir) / f"{name}-{digest}"
+
+
+class RecordsFileError(UserError, FileNotFoundError):
+    """A records file that is not there."""
+
+    kind = "records file"
 
 
 class RecordLines(NamedTuple):
@@ -129,7 +136,7 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         self.records = Path(records)
         if not self.records.is_file():
-            raise FileNotFoundError(f"records file {self.records} not found: {self.records_hint}")
+            raise RecordsFileError(self.records, "no such file", self.records_hint)
         self.cache_root = records_cache_root(cache_dir, self.records)
         self.graph = as_config(GraphConfig, graph)
         self.split_fractions = tuple(split_fractions)
