@@ -26,7 +26,13 @@ class Layer:
 CLASP_LAYERS: tuple[Layer, ...] = (
     Layer(
         "foundation",
-        ("clasp_pl.errors", "clasp_pl.config_utils", "clasp_pl.rank_zero", "clasp_pl.checkpoints"),
+        (
+            "clasp_pl.errors",
+            "clasp_pl.resources",
+            "clasp_pl.config_utils",
+            "clasp_pl.rank_zero",
+            "clasp_pl.checkpoints",
+        ),
     ),
     Layer("text", ("clasp_pl.text",)),
     Layer("data", ("clasp_pl.data",)),

@@ -21,7 +21,7 @@ from clasp_pl.commands.options import command_parser, default_of
 from clasp_pl.data.text import CAPTION_FIELDS
 from clasp_pl.evaluation.baselines import COMPOSITION_RUN
 from clasp_pl.evaluation.evaluate import EvalOptions, evaluate
-from clasp_pl.evaluation.zero_shot import DEFAULT_KEYWORDS
+from clasp_pl.resources import DEFAULT_KEYWORDS
 
 logger = logging.getLogger(__name__)
 

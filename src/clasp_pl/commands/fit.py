@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,55 @@ from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.errors import UserError
 from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.resources import CONF_DIR
 from clasp_pl.text.config import TextConfig
+
+log = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 """LightningCLI's subcommands, served by :func:`main`."""
+
+
+class ConfigError(UserError):
+    """A config file or command line that LightningCLI refuses (an unknown key, a bad value)."""
+
+    kind = "config"
+
+
+PRETRAIN = ("trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "pretrain": PRETRAIN,
+    "smoke": (*PRETRAIN, "trainer/debug.yaml", "model/tiny.yaml"),
+    "composition": (*PRETRAIN, "model/composition.yaml"),
+}
+"""``--preset NAME``: the packaged configs (under :data:`~clasp_pl.resources.CONF_DIR`) it
+composes, in order: ``pretrain`` is ``make pretrain``'s run, ``smoke`` a seconds-long run of the
+tiny model under ``runs/debug``, ``composition`` the composition-only baseline."""
+PRESET_FLAG = "--preset"
+
+
+def expand_presets(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--preset NAME`` replaced by the ``--config`` files of the preset.
+
+    Raises:
+        ConfigError: an unknown preset name.
+    """
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        name = word.split("=", 1)[1] if word.startswith(PRESET_FLAG + "=") else None
+        if word == PRESET_FLAG:
+            name = next(words, "")
+        if name is None:
+            out.append(word)
+            continue
+        if name not in PRESETS:
+            raise ConfigError(
+                PRESET_FLAG, f"no preset {name!r}", f"pick one of {', '.join(PRESETS)}"
+            )
+        for config in PRESETS[name]:
+            out += ["--config", str(CONF_DIR / config)]
+    return out
 
 
 def is_model_checkpoint(class_path: str) -> bool:
@@ -57,6 +103,9 @@ class CLaSPCLI(LightningCLI):
         if not logger or not hasattr(logger, "init_args"):
             return
         folder = Path(logger.init_args.save_dir) / logger.init_args.name / "checkpoints"
+        log.info(
+            "logs under %s, checkpoints in %s", Path(logger.init_args.save_dir).resolve(), folder
+        )
         for callback in config.trainer.get("callbacks") or []:
             if is_model_checkpoint(callback.class_path) and not callback.init_args.dirpath:
                 callback.init_args.dirpath = str(folder)
@@ -72,12 +121,6 @@ def frozen_towers_in_eval_mode() -> Iterator[None]:
         yield
 
 
-class ConfigError(UserError):
-    """A config file or command line that LightningCLI refuses (an unknown key, a bad value)."""
-
-    kind = "config"
-
-
 def config_sources(argv: list[str]) -> str:
     """The config files named in ``argv`` (``--config F``, ``-c F``, ``--config=F``), or
     ``"command line"`` when there are none: where a refused key may come from."""
@@ -88,8 +131,9 @@ def config_sources(argv: list[str]) -> str:
 
 
 def run_lightning_cli(cli_class: type[LightningCLI], model, data, argv: list[str]) -> None:
-    """Run ``cli_class`` on ``argv``; a refused option or config key raises :class:`ConfigError`
-    instead of printing the whole usage."""
+    """Run ``cli_class`` on ``argv`` (``--preset NAME`` expanded); a refused option or config
+    key raises :class:`ConfigError` instead of printing the whole usage."""
+    argv = expand_presets(argv)
     try:
         with frozen_towers_in_eval_mode():
             cli_class(

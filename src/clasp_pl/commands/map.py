@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.errors import UserError
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.viz.colouring import FIELDS
 from clasp_pl.viz.embedding_map import INDEX_CACHE, MapTimings, index_map
 from clasp_pl.viz.projection import ProjectionConfig
-from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+from clasp_pl.viz.records_index import records_index
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.errors import UserError
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.serve.app import Limits, create_app
 from clasp_pl.serve.engine import SearchEngine
-from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+from clasp_pl.viz.records_index import records_index
 
 
 def build_parser() -> argparse.ArgumentParser:

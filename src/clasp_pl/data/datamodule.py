@@ -28,12 +28,11 @@ from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
 from clasp_pl.errors import UserError
 from clasp_pl.rank_zero import rank_zero_logger
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import empty_caption_length
 from clasp_pl.text.tower import TextTower
-
-DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
 
 log = rank_zero_logger(__name__)
 
@@ -198,15 +197,12 @@ class CrystalTextDataModule(SplitDataModule):
         prepare_workers: processes used to featurize the cache.
     """
 
-    records_hint = (
-        "make one with `clasp data ingest` or run from the repository root to use the embedded "
-        "default"
-    )
+    records_hint = "make one with `clasp data ingest`, or leave data.records unset for the default"
 
     def __init__(
         self,
         records: str = DEFAULT_RECORDS,
-        cache_dir: str = "data/cache",
+        cache_dir: str = DEFAULT_CACHE_DIR,
         text: TextConfig = TextConfig(),
         cache_text_features: bool = True,
         composition_features: bool = False,

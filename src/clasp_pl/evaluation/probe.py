@@ -43,7 +43,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.data.labels import MINERAL_CLASS
 from clasp_pl.data.property_datamodule import (
     PropertyDataModule,
@@ -53,6 +52,7 @@ from clasp_pl.data.property_datamodule import (
     task_of,
 )
 from clasp_pl.models.finetune import PropertyModule
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 
 
 @dataclass
@@ -201,7 +201,7 @@ class ProbeOptions:
 
     target: str = MINERAL_CLASS
     records: Path = Path(DEFAULT_RECORDS)
-    cache_dir: Path = Path("data/cache")
+    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
     random_seeds: Sequence[int] = (0, 1, 2)
     raw_random: bool = False
     head: bool = False
