@@ -52,7 +52,7 @@ COMMANDS: tuple[Command, ...] = (
             ("predict", "run the model's predict step (LightningCLI)"),
         )
     ),
-    Command("data", "clasp_pl.data.commands", "CIFs, tables or AMCSD -> records; keywords"),
+    Command("data", "clasp_pl.commands.data", "CIFs, tables or AMCSD -> records; keywords"),
     Command("eval", "clasp_pl.commands.eval", "retrieval and screening report of a checkpoint"),
     Command("probe", "clasp_pl.commands.probe", "linear probes: pretrained vs random encoder"),
     Command("embed", "clasp_pl.commands.embed", "structures -> a searchable embedding index"),

@@ -21,8 +21,7 @@ class Layer:
     modules: tuple[str, ...]
 
 
-# clasp_pl's layers, lowest first. A module belongs to the layer of its longest listed prefix, so
-# a command module inside a lower package (data.commands) is a command.
+# clasp_pl's layers, lowest first. A module belongs to the layer of its longest listed prefix.
 CLASP_LAYERS: tuple[Layer, ...] = (
     Layer(
         "foundation",
@@ -49,7 +48,6 @@ CLASP_LAYERS: tuple[Layer, ...] = (
         (
             "clasp_pl.commands",
             "clasp_pl.cli",
-            "clasp_pl.data.commands",
         ),
     ),
 )
