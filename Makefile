@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-PRETRAIN_CONFIGS := --config conf/trainer/cpu.yaml --config conf/data/amcsd.yaml --config conf/model/clasp.yaml
+PRETRAIN_CONFIGS := --preset pretrain
 
 .PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval finetune probe bench test lint clean-cache
 
@@ -39,10 +39,10 @@ pretrain: install  ## train CLaSP on the embedded AMCSD default (CONFIG=extra.ya
 		$(if $(RESUME),--ckpt_path last) $(ARGS)
 
 pretrain-composition: install  ## the composition-only baseline, same budget, into runs/composition (eval-retrieval adds its row)
-	$(BIN)/clasp fit $(PRETRAIN_CONFIGS) --config conf/model/composition.yaml $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/clasp fit --preset composition $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 smoke: install  ## seconds-long run of the tiny model: a few batches, logs/checkpoints/records under runs/debug
-	$(BIN)/clasp fit $(PRETRAIN_CONFIGS) --config conf/trainer/debug.yaml --config conf/model/tiny.yaml $(ARGS)
+	$(BIN)/clasp fit --preset smoke $(ARGS)
 
 slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit` arguments)
 	sbatch scripts/slurm_pretrain.sbatch $(ARGS)

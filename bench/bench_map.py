@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.data.records import iter_records
+from clasp_pl.resources import DEFAULT_RECORDS
 from clasp_pl.viz import write_embedding_map
 from clasp_pl.viz.embedding_map import MapTimings
 from clasp_pl.viz.points import MapPoint, chemical_class_of

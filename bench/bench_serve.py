@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from bench_search import make_queries
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
-from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
+from clasp_pl.viz.records_index import records_index
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = REPO / "runs" / "pretrain" / "checkpoints" / "last.ckpt"

@@ -12,6 +12,7 @@ import gemmi
 import numpy as np
 import pytest
 
+from clasp_pl.commands.data import main
 from clasp_pl.data import amcsd
 from clasp_pl.data.amcsd import (
     build_default,
@@ -24,7 +25,6 @@ from clasp_pl.data.amcsd import (
     split_title,
 )
 from clasp_pl.data.cif import CifError
-from clasp_pl.data.commands import main
 from clasp_pl.data.formula import parse_formula
 from clasp_pl.data.records import CrystalRecord, iter_records, read_records
 from clasp_pl.data.rejects import Reject

@@ -7,7 +7,8 @@ import logging
 import pytest
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from clasp_pl.cli import CLaSPCLI, is_model_checkpoint, show_info_messages
+from clasp_pl.cli import show_info_messages
+from clasp_pl.commands.fit import CLaSPCLI, is_model_checkpoint
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.rank_zero import rank_zero_logger

@@ -14,11 +14,12 @@ from transformers import BertModel
 
 from clasp_pl.api import load_model, text_max_length
 from clasp_pl.checkpoints import read_settings
-from clasp_pl.convert_official import ConversionError, convert, main
+from clasp_pl.cli import main as clasp
 from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import cgcnn_atom_features, structure_to_graph
 from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.models.official import ConversionError, convert
 from clasp_pl.text.sources import load_text_model, load_tokenizer
 from helpers.data import TINY_GRAPH, first_records
 
@@ -145,7 +146,7 @@ def converted(tmp_path_factory) -> tuple[dict, str]:
     path = tmp_path_factory.mktemp("official") / "official.ckpt"
     torch.save({"state_dict": state, "epoch": 3}, path)
     out = path.with_name("converted.ckpt")
-    assert main([str(path), str(out), "--text-model", "tiny-random"]) == 0
+    assert clasp(["convert-official", str(path), str(out), "--text-model", "tiny-random"]) == 0
     return state, str(out)
 
 
@@ -180,7 +181,7 @@ def test_converted_checkpoint_carries_the_papers_data_settings(
     config.write_text(yaml.safe_dump({"data": {"max_length": 32, "split_seed": 3}}))
     other = tmp_path / "with_config.ckpt"
     argv = [str(official), str(other), "--text-model", "tiny-random", "--config", str(config)]
-    assert main(argv) == 0
+    assert clasp(["convert-official", *argv]) == 0
     data = read_settings(other).require_data()
     assert (data["max_length"], data["split_seed"], data["caption_fields"]) == (32, 3, ["title"])
 
@@ -210,7 +211,18 @@ def test_wrong_shape_is_refused_naming_the_tensor(capsys, tmp_path) -> None:
         convert(state, text_model="tiny-random")
     path = tmp_path / "bad.ckpt"
     torch.save(state, path)  # a bare state dict is accepted as input too
-    assert main([str(path), str(tmp_path / "out.ckpt"), "--text-model", "tiny-random"]) == 2
+    assert (
+        clasp(
+            [
+                "convert-official",
+                str(path),
+                str(tmp_path / "out.ckpt"),
+                "--text-model",
+                "tiny-random",
+            ]
+        )
+        == 2
+    )
     assert "crystal_tower.convs.1.atom_norm.running_var" in capsys.readouterr().err
     assert not (tmp_path / "out.ckpt").exists()
 

@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from clasp_pl.data.commands import main
+from clasp_pl.commands.data import main
 from clasp_pl.data.ingest import (
     IngestOptions,
     ingest_folder,

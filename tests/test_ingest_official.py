@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clasp_pl.data.commands import main as data_main
+from clasp_pl.commands.data import main as data_main
 from clasp_pl.data.ingest import cod_mirror_path, ingest_folder, load_abstracts, load_cod_table
 from clasp_pl.data.records import read_records
 from helpers.data import COD_SAMPLE, shared_path

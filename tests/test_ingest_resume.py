@@ -41,7 +41,7 @@ def _command(folder: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "clasp_pl.data.commands",
+        "clasp_pl.commands.data",
         "ingest",
         "--cifs",
         str(folder),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clasp_pl.data.commands import main as data_main
+from clasp_pl.commands.data import main as data_main
 from clasp_pl.data.keywords import (
     KeywordExtractor,
     KeywordFilter,

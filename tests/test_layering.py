@@ -1,8 +1,8 @@
 """Dependencies point one way: no module imports a layer above its own (read from the source).
 
-Layers, lowest first: foundation (config_utils, rank_zero, checkpoints), text, data, losses,
-models, training, api, search, evaluation, commands (cli, finetune_cli, convert_official,
-data.commands, search.commands) -- see :data:`helpers.layering.CLASP_LAYERS`.
+Layers, lowest first: foundation (errors, config_utils, rank_zero, checkpoints), text, data,
+losses, models, training, api, search, viz, evaluation, serve, commands (the commands package
+and cli) -- see :data:`helpers.layering.CLASP_LAYERS`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import pytest
 from clasp_pl.api import load_model
 from clasp_pl.cli import main as clasp
 from clasp_pl.data.records import read_records
-from clasp_pl.search.commands import search_main
 from clasp_pl.search.index import EmbeddingIndex
 from clasp_pl.viz import (
     embedding_map,
@@ -147,7 +146,7 @@ def test_query_marks_are_the_hits_of_clasp_search(tiny_index, tmp_path, capsys) 
     for query, trace in zip(queries, stars, strict=True):
         capsys.readouterr()
         argv = ["--index", str(tiny_index.folder), "--json", "--top-k", "5", "--device", "cpu"]
-        assert search_main([*argv, query]) == 0
+        assert clasp(["search", *argv, query]) == 0
         hits = json.loads(capsys.readouterr().out)["hits"]
         assert [row[0] for row in trace["customdata"]] == [h["id"] for h in hits]
         assert [float(row[6]) for row in trace["customdata"]] == pytest.approx(

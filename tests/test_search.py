@@ -19,6 +19,7 @@ from pymatgen.core import Composition, Element
 from torch.utils.data import DataLoader
 
 from clasp_pl.api import embed_structures, embed_texts, load_model, score, text_max_length
+from clasp_pl.cli import main as clasp
 from clasp_pl.data.batch import collate_pairs
 from clasp_pl.data.cif import read_cif
 from clasp_pl.data.graphs import structure_to_graph
@@ -28,9 +29,8 @@ from clasp_pl.data.rejects import Reject
 from clasp_pl.evaluation.hybrid import ALPHA_GRID, choose_alpha
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
-from clasp_pl.search import commands
+from clasp_pl.search import build
 from clasp_pl.search.alpha_store import load_alpha, save_alpha
-from clasp_pl.search.commands import embed_main, search_main
 from clasp_pl.search.hybrid import hybrid_search, lexical_index
 from clasp_pl.search.index import EmbeddingIndex, topk_search, write_index
 from clasp_pl.search.lexical import LexicalIndex
@@ -91,20 +91,20 @@ def index_dir(tmp_path_factory, ckpt):
     (cifs / "nested" / "broken.cif").write_text("data_broken\n_cell_length_a 5.0\nnot a cif\n")
     out = tmp_path_factory.mktemp("index") / "cod_index"
     argv = ["--ckpt", str(ckpt), "--input", str(cifs), "--out", str(out), "--no-progress"]
-    assert embed_main([*argv, "--device", "cpu"]) == 0
+    assert clasp(["embed", *argv, "--device", "cpu"]) == 0
     return out
 
 
 def search_json(capsys, index_dir, *args: str) -> dict:
     capsys.readouterr()
-    assert search_main(["--index", str(index_dir), "--json", "--device", "cpu", *args]) == 0
+    assert clasp(["search", "--index", str(index_dir), "--json", "--device", "cpu", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
 def test_every_title_retrieves_its_own_structure_first(index_dir, cod_records, capsys):
     capsys.readouterr()
     record = cod_records[3]
-    assert search_main(["--index", str(index_dir), "--device", "cpu", record.title]) == 0
+    assert clasp(["search", "--index", str(index_dir), "--device", "cpu", record.title]) == 0
     table = capsys.readouterr().out
     assert "alpha 0.1: default" in table
     first_hit = table.splitlines()[3].split()
@@ -114,7 +114,7 @@ def test_every_title_retrieves_its_own_structure_first(index_dir, cod_records, c
     queries.write_text("\n".join(r.title.replace("\n", " ") for r in cod_records) + "\n")
     out = index_dir.parent / "titles.jsonl"
     argv = ["--index", str(index_dir), "--queries", str(queries), "--out", str(out)]
-    assert search_main([*argv, "--device", "cpu"]) == 0
+    assert clasp(["search", *argv, "--device", "cpu"]) == 0
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["hits"][0]["id"] for r in results] == [r.id for r in cod_records]
 
@@ -138,7 +138,7 @@ def test_batch_search_equals_single_queries(index_dir, cod_records, capsys):
         csv.writer(handle).writerows([["query"], *([q] for q in queries)])
     capsys.readouterr()
     argv = ["--index", str(index_dir), "--queries", str(path), "--top-k", "5", "--device", "cpu"]
-    assert search_main(argv) == 0
+    assert clasp(["search", *argv]) == 0
     batch = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for query, result in zip(queries, batch, strict=True):
         single = search_json(capsys, index_dir, query, "--top-k", "5")
@@ -258,17 +258,17 @@ def test_embed_loads_the_model_before_the_ingest(tmp_path, monkeypatch, capsys):
     """A bad --ckpt fails at once, not after ingesting every input."""
     out = tmp_path / "index"
     argv = ["--input", str(shared_path(COD)), "--out", str(out), "--no-progress", "--device", "cpu"]
-    assert embed_main(["--ckpt", str(tmp_path / "missing.ckpt"), *argv]) == 2
-    assert "no such checkpoint" in capsys.readouterr().err
+    assert clasp(["embed", "--ckpt", str(tmp_path / "missing.ckpt"), *argv]) == 2
+    assert f"checkpoint {tmp_path / 'missing.ckpt'}: no such file" in capsys.readouterr().err
 
     def refuse(ckpt, device):
         raise ValueError(f"cannot load {ckpt}")
 
-    monkeypatch.setattr(commands, "load_model", refuse)
+    monkeypatch.setattr(build, "load_model", refuse)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot load"):
-        embed_main(["--ckpt", str(bad), *argv])
+        clasp(["embed", "--ckpt", str(bad), *argv])
     assert not out.exists()
 
 
@@ -277,12 +277,12 @@ def test_embed_and_search_name_a_corrupt_checkpoint_and_stop(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "index"
     argv = ["--ckpt", str(bad), "--input", str(shared_path(COD)), "--out", str(out)]
-    assert embed_main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert clasp(["embed", *argv, "--no-progress", "--device", "cpu"]) == 2
     assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
     assert not out.exists()
     write_index(tmp_path / "tiny", torch.eye(2), [{"id": "a"}, {"id": "b"}], {"checkpoint": "x"})
     argv = ["--index", str(tmp_path / "tiny"), "--ckpt", str(bad), "--device", "cpu", "NaCl"]
-    assert search_main(argv) == 2
+    assert clasp(["search", *argv]) == 2
     assert f"error: checkpoint {bad}: not a readable torch checkpoint" in capsys.readouterr().err
 
 
@@ -295,7 +295,7 @@ def test_embed_and_search_name_a_corrupt_checkpoint_and_stop(tmp_path, capsys):
 )
 def test_search_refuses_options_it_would_ignore(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        search_main(["--index", str(tmp_path), *argv])
+        clasp(["search", "--index", str(tmp_path), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from pymatgen.core import Structure
 
 from clasp_pl.cli import main as clasp
-from clasp_pl.search.commands import search_main
 from clasp_pl.serve import Limits, SearchEngine, create_app
 from clasp_pl.serve.app import STATIC
 from helpers.viz import N_RECORDS
@@ -35,7 +34,7 @@ def client(engine) -> TestClient:
 def clasp_search_json(capsys, folder, query: str, k: int) -> dict:
     capsys.readouterr()
     argv = ["--index", str(folder), "--json", "--top-k", str(k), "--device", "cpu", query]
-    assert search_main(argv) == 0
+    assert clasp(["search", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 

@@ -39,6 +39,11 @@ DEFAULT_MAX_LENGTH = 256
 """Caption truncation (tokens) for models whose checkpoint does not record one."""
 
 
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``: where commands run models by default."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def text_max_length(
     hparams: Mapping[str, Any], data_settings: Mapping[str, Any] | None = None
 ) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from clasp_pl.errors import UserError
+
 MODEL_SETTINGS = "hyper_parameters"
 """Checkpoint key of the LightningModule's hyper-parameters."""
 DATA_SETTINGS = "datamodule_hyper_parameters"
@@ -33,18 +35,11 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
 
 
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be used: missing, corrupt, refused or of the wrong kind.
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used: missing, corrupt, refused or of the wrong kind
+    (``path``, ``reason``, ``fix`` as for every :class:`~clasp_pl.errors.UserError`)."""
 
-    Attributes:
-        path: the file.
-        reason: what is wrong with it.
-        fix: what the user can do about it.
-    """
-
-    def __init__(self, path: str | Path, reason: str, fix: str) -> None:
-        self.path, self.reason, self.fix = Path(path), reason, fix
-        super().__init__(f"checkpoint {self.path}: {reason}; {fix}")
+    kind = "checkpoint"
 
 
 def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:

@@ -1,33 +1,87 @@
-"""The ``clasp`` command.
+"""The ``clasp`` command: one entry point, one line per subcommand, one way to fail.
 
-- ``clasp fit|validate|test --config conf/...yaml`` trains or evaluates with LightningCLI;
-- ``clasp data ingest|build-default ...`` turns CIFs, tables or the AMCSD database into records,
-  ``clasp data keywords`` extracts keyword captions for stage-2 fine-tuning;
-- ``clasp eval``, ``clasp embed``, ``clasp search``: retrieval evaluation and text search;
-- ``clasp map``, ``clasp serve``: an interactive embedding map and a local search page;
-- ``clasp finetune``: property prediction from the pretrained crystal encoder;
-- ``clasp probe``: linear probes of the frozen crystal encoder, pretrained vs random init;
-- ``clasp convert-official CKPT OUT``: a checkpoint of the authors' code as a clasp_pl one.
+``clasp --help`` lists the subcommands (:data:`COMMANDS`); each lives in its own module of
+:mod:`clasp_pl.commands`, which parses its arguments and calls the library. A failure the user
+can fix (:class:`~clasp_pl.errors.UserError`, which a bad checkpoint, index, query file... raise;
+a missing input file; an unknown config key) is printed as one line, ``error: <file>: <reason>;
+<fix>``, with exit status 2; ``clasp --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
 import sys
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from clasp_pl.errors import UserError
 
-from clasp_pl.data.datamodule import CrystalTextDataModule
-from clasp_pl.data.graphs import GraphConfig
-from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.text.config import TextConfig
+DEBUG_FLAG = "--debug"
+USER_ERROR_STATUS = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``clasp`` subcommand.
+
+    Attributes:
+        name: the word after ``clasp``.
+        module: the module whose ``main(argv) -> int`` runs it (argv without the name).
+        summary: its line in ``clasp --help``.
+        passes_name: ``main`` also gets the name as ``argv[0]`` (LightningCLI's subcommands).
+    """
+
+    name: str
+    module: str
+    summary: str
+    passes_name: bool = False
+
+    def main(self) -> Callable[[list[str]], int | None]:
+        return importlib.import_module(self.module).main
+
+
+COMMANDS: tuple[Command, ...] = (
+    *(
+        Command(name, "clasp_pl.commands.fit", summary, passes_name=True)
+        for name, summary in (
+            ("fit", "pretrain CLaSP (LightningCLI: --preset NAME or --config YAML, --help)"),
+            ("validate", "validation loss and retrieval of a checkpoint (LightningCLI)"),
+            ("test", "test-split loss and retrieval of a checkpoint (LightningCLI)"),
+            ("predict", "run the model's predict step (LightningCLI)"),
+        )
+    ),
+    Command("data", "clasp_pl.commands.data", "CIFs, tables or AMCSD -> records; keywords"),
+    Command("eval", "clasp_pl.commands.eval", "retrieval and screening report of a checkpoint"),
+    Command("probe", "clasp_pl.commands.probe", "linear probes: pretrained vs random encoder"),
+    Command("embed", "clasp_pl.commands.embed", "structures -> a searchable embedding index"),
+    Command("search", "clasp_pl.commands.search", "text or CIF queries -> ranked structures"),
+    Command("map", "clasp_pl.commands.map", "an interactive embedding map (one HTML file)"),
+    Command("serve", "clasp_pl.commands.serve", "a local search page and JSON API over an index"),
+    Command(
+        "finetune", "clasp_pl.commands.finetune", "property prediction (LightningCLI: fit, test...)"
+    ),
+    Command(
+        "convert-official",
+        "clasp_pl.commands.convert_official",
+        "a checkpoint of the authors' code -> a clasp_pl one",
+    ),
+)
+
+
+def overview() -> str:
+    """The text of ``clasp --help``: usage and one line per subcommand."""
+    width = max(len(command.name) for command in COMMANDS)
+    lines = [
+        "usage: clasp [--debug] <command> [options]   (clasp <command> --help: its options)",
+        "",
+        "commands:",
+        *(f"  {command.name:<{width}}  {command.summary}" for command in COMMANDS),
+        "",
+        f"  {DEBUG_FLAG:<{width}}  show the traceback of a failure instead of one line",
+    ]
+    return "\n".join(lines)
 
 
 def show_info_messages() -> None:
@@ -42,83 +96,44 @@ def show_info_messages() -> None:
         package.addHandler(handler)
 
 
-def is_model_checkpoint(class_path: str) -> bool:
-    """Whether a callback's (resolved, dotted) class path names ``ModelCheckpoint`` or a
-    subclass of it."""
-    module, _, name = class_path.rpartition(".")
-    callback_class = getattr(importlib.import_module(module), name, None) if module else None
-    return isinstance(callback_class, type) and issubclass(callback_class, ModelCheckpoint)
+def user_error_line(error: BaseException) -> str | None:
+    """The one-line message of a failure the user can fix, or None for any other (a bug)."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: no such file or folder; check the path"
+    return None
 
 
-class CLaSPCLI(LightningCLI):
-    """LightningCLI whose model and data agree on the text model, the caption length and the
-    crystal-graph settings."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in TextConfig.__dataclass_fields__:
-            parser.link_arguments(f"model.text.{name}", f"data.text.{name}")
-        for name in GraphConfig.__dataclass_fields__:
-            parser.link_arguments(f"data.graph.{name}", f"model.graph.{name}")
-        parser.link_arguments("data.max_length", "model.text_max_length")
-
-    def before_instantiate_classes(self) -> None:
-        """Checkpoints without a ``dirpath`` go to ``<save_dir>/<run name>/checkpoints``: one
-        fixed folder per run name (not per TensorBoard version), so ``--ckpt_path last``
-        finds the previous run's ``last.ckpt`` and runs of different names never collide."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        logger = config.trainer.get("logger")
-        if not logger or not hasattr(logger, "init_args"):
-            return
-        folder = Path(logger.init_args.save_dir) / logger.init_args.name / "checkpoints"
-        for callback in config.trainer.get("callbacks") or []:
-            if is_model_checkpoint(callback.class_path) and not callback.init_args.dirpath:
-                callback.init_args.dirpath = str(folder)
-
-
-@contextlib.contextmanager
-def frozen_towers_in_eval_mode() -> Iterator[None]:
-    """Silence Lightning's warning about modules in eval mode at the start of training: frozen
-    towers stay in eval mode on purpose (no dropout, fixed batch-norm statistics), and the model
-    summary still counts them."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        yield
-
-
-def lightning_main(argv: list[str] | None) -> None:
-    """Run LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` + options)."""
-    with frozen_towers_in_eval_mode():
-        CLaSPCLI(
-            CLaSPModule,
-            CrystalTextDataModule,
-            args=argv,
-            save_config_kwargs={"overwrite": True},
-        )
-
-
-SUBCOMMANDS = {
-    "data": "clasp_pl.data.commands",
-    "eval": "clasp_pl.evaluation.evaluate",
-    "convert-official": "clasp_pl.convert_official",
-    "finetune": "clasp_pl.finetune_cli",
-    "probe": "clasp_pl.evaluation.probe",
-    "embed": "clasp_pl.search.commands:embed_main",
-    "search": "clasp_pl.search.commands:search_main",
-    "map": "clasp_pl.commands.map",
-    "serve": "clasp_pl.commands.serve",
-}
+def run(words: list[str]) -> int:
+    """Run the subcommand named by ``words[0]`` on the rest (the overview when none)."""
+    by_name = {command.name: command for command in COMMANDS}
+    if not words or words[0] in ("-h", "--help"):
+        print(overview())
+        return 0
+    if words[0] not in by_name:
+        print(overview(), file=sys.stderr)
+        print(f"error: unknown command {words[0]!r}; pick one of the above", file=sys.stderr)
+        return USER_ERROR_STATUS
+    command = by_name[words[0]]
+    return command.main()(words if command.passes_name else words[1:]) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``clasp`` console script."""
+    """Entry point of the ``clasp`` console script; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     show_info_messages()
-    words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in SUBCOMMANDS:
-        module, _, function = SUBCOMMANDS[words[0]].partition(":")
-        return getattr(importlib.import_module(module), function or "main")(words[1:]) or 0
-    lightning_main(argv)
-    return 0
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in words
+    words = [word for word in words if word != DEBUG_FLAG]
+    try:
+        return run(words)
+    except Exception as error:
+        line = user_error_line(error)
+        if debug or line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return USER_ERROR_STATUS
 
 
 if __name__ == "__main__":

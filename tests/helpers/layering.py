@@ -21,10 +21,18 @@ class Layer:
     modules: tuple[str, ...]
 
 
-# clasp_pl's layers, lowest first. A module belongs to the layer of its longest listed prefix, so
-# a command module inside a lower package (data.commands, search.commands) is a command.
+# clasp_pl's layers, lowest first. A module belongs to the layer of its longest listed prefix.
 CLASP_LAYERS: tuple[Layer, ...] = (
-    Layer("foundation", ("clasp_pl.config_utils", "clasp_pl.rank_zero", "clasp_pl.checkpoints")),
+    Layer(
+        "foundation",
+        (
+            "clasp_pl.errors",
+            "clasp_pl.resources",
+            "clasp_pl.config_utils",
+            "clasp_pl.rank_zero",
+            "clasp_pl.checkpoints",
+        ),
+    ),
     Layer("text", ("clasp_pl.text",)),
     Layer("data", ("clasp_pl.data",)),
     Layer("losses", ("clasp_pl.losses",)),
@@ -40,10 +48,6 @@ CLASP_LAYERS: tuple[Layer, ...] = (
         (
             "clasp_pl.commands",
             "clasp_pl.cli",
-            "clasp_pl.finetune_cli",
-            "clasp_pl.convert_official",
-            "clasp_pl.data.commands",
-            "clasp_pl.search.commands",
         ),
     ),
 )

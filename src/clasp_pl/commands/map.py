@@ -10,16 +10,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
+from clasp_pl.errors import UserError
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.viz.colouring import FIELDS
 from clasp_pl.viz.embedding_map import INDEX_CACHE, MapTimings, index_map
 from clasp_pl.viz.projection import ProjectionConfig
-from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+from clasp_pl.viz.records_index import records_index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for option, path in (("--index", args.index), ("--ckpt", args.ckpt)):
         if path and not Path(path).exists():
-            print(f"error: {option} {path}: no such file or folder", file=sys.stderr)
-            return 2
+            raise UserError(path, "no such file or folder", f"check the path of {option}")
     index = args.index or records_index(args.records, args.ckpt, args.cache_dir, args.device)
     timings = MapTimings()
     out = index_map(

@@ -12,16 +12,16 @@ unless ``--host`` says otherwise.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import uvicorn
 
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
+from clasp_pl.errors import UserError
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.serve.app import Limits, create_app
 from clasp_pl.serve.engine import SearchEngine
-from clasp_pl.viz.records_index import DEFAULT_CACHE_DIR, records_index
+from clasp_pl.viz.records_index import records_index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for option, path in (("--index", args.index), ("--ckpt", args.ckpt)):
         if path and not Path(path).exists():
-            print(f"error: {option} {path}: no such file or folder", file=sys.stderr)
-            return 2
+            raise UserError(path, "no such file or folder", f"check the path of {option}")
     index = args.index or records_index(args.records, args.ckpt, args.cache_dir, args.device)
     ckpt = args.ckpt if args.index is None else None
     engine = SearchEngine(index, ckpt, args.device, args.alpha)

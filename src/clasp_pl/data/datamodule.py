@@ -26,13 +26,13 @@ from clasp_pl.data.loading import ResumableDataLoader
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.errors import UserError
 from clasp_pl.rank_zero import rank_zero_logger
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import empty_caption_length
 from clasp_pl.text.tower import TextTower
-
-DEFAULT_RECORDS = "data/amcsd_default.jsonl.gz"
 
 log = rank_zero_logger(__name__)
 
@@ -45,6 +45,12 @@ def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
     name = records.name.removesuffix(".gz").removesuffix(".jsonl")
     digest = hashlib.sha256(str(records.resolve()).encode()).hexdigest()[:8]
     return Path(cache_dir) / f"{name}-{digest}"
+
+
+class RecordsFileError(UserError, FileNotFoundError):
+    """A records file that is not there."""
+
+    kind = "records file"
 
 
 class RecordLines(NamedTuple):
@@ -129,7 +135,7 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         self.records = Path(records)
         if not self.records.is_file():
-            raise FileNotFoundError(f"records file {self.records} not found: {self.records_hint}")
+            raise RecordsFileError(self.records, "no such file", self.records_hint)
         self.cache_root = records_cache_root(cache_dir, self.records)
         self.graph = as_config(GraphConfig, graph)
         self.split_fractions = tuple(split_fractions)
@@ -191,15 +197,12 @@ class CrystalTextDataModule(SplitDataModule):
         prepare_workers: processes used to featurize the cache.
     """
 
-    records_hint = (
-        "make one with `clasp data ingest` or run from the repository root to use the embedded "
-        "default"
-    )
+    records_hint = "make one with `clasp data ingest`, or leave data.records unset for the default"
 
     def __init__(
         self,
         records: str = DEFAULT_RECORDS,
-        cache_dir: str = "data/cache",
+        cache_dir: str = DEFAULT_CACHE_DIR,
         text: TextConfig = TextConfig(),
         cache_text_features: bool = True,
         composition_features: bool = False,

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.data.batch import PropertyBatch, collate_graphs
 from clasp_pl.data.cache import ArrayStore, Item, ShardResult
-from clasp_pl.data.datamodule import DEFAULT_RECORDS, SplitDataModule
+from clasp_pl.data.datamodule import SplitDataModule
 from clasp_pl.data.featurize import (
     IndexedLines,
     RecordSource,
@@ -41,6 +41,7 @@ from clasp_pl.data.labels import CLASS_TARGETS, CRYSTAL_SYSTEM, SYMPREC
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.split import split_indices
 from clasp_pl.rank_zero import rank_zero_logger
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 
 TARGET_FORMAT_VERSION = 1
 Task = Literal["regression", "classification"]
@@ -139,7 +140,7 @@ class PropertyDataModule(SplitDataModule):
         self,
         records: str = DEFAULT_RECORDS,
         target: str = CRYSTAL_SYSTEM,
-        cache_dir: str = "data/cache",
+        cache_dir: str = DEFAULT_CACHE_DIR,
         graph: GraphConfig = GraphConfig(),
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,

@@ -21,11 +21,12 @@ import torch
 from clasp_pl.api import load_model
 from clasp_pl.checkpoints import find_checkpoint, read_settings
 from clasp_pl.data.cache import file_fingerprint
-from clasp_pl.data.datamodule import DEFAULT_RECORDS, CrystalTextDataModule
+from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.evaluation.hybrid import hybrid_ranks
 from clasp_pl.evaluation.metrics import BidirectionalRanks, group_sizes, random_expectation
 from clasp_pl.evaluation.split import SplitEmbeddings, embed_pairs, load_datamodule
 from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.resources import DEFAULT_RECORDS
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``clasp eval``: retrieval and keyword-screening report of a checkpoint on one split.
+"""Retrieval and keyword-screening report (``clasp eval``) of a checkpoint on one split.
 
 Rebuilds the checkpoint's own data module (same records, keywords file, captions and split by
 paper), embeds the split, and writes into ``OUT`` (default: ``<run>/eval-<split>/``):
@@ -22,10 +22,7 @@ paper), embeds the split, and writes into ``OUT`` (default: ``<run>/eval-<split>
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,12 +30,11 @@ from typing import Any, Literal
 import torch
 
 from clasp_pl.api import load_model
-from clasp_pl.checkpoints import CheckpointError, find_checkpoint, read_settings
-from clasp_pl.data.text import CAPTION_FIELDS
+from clasp_pl.checkpoints import read_settings
+from clasp_pl.errors import UserError
 from clasp_pl.evaluation import plots, report
 from clasp_pl.evaluation.baselines import (
     COMPOSITION_ROW,
-    COMPOSITION_RUN,
     composition_ranks,
     find_composition_baseline,
     lexical_ranks,
@@ -54,7 +50,7 @@ from clasp_pl.evaluation.split import (
     split_lexical_scores,
     uses_own_captions,
 )
-from clasp_pl.evaluation.zero_shot import DEFAULT_KEYWORDS, load_keyword_config, screen_keywords
+from clasp_pl.evaluation.zero_shot import load_keyword_config, screen_keywords
 from clasp_pl.search.alpha_store import save_alpha
 from clasp_pl.viz import record_points, write_embedding_map
 
@@ -100,21 +96,21 @@ class EvalOptions:
 
 
 def check_named_files(options: EvalOptions) -> None:
-    """Raise ``FileNotFoundError``, naming the option, when a file the user named is missing."""
+    """Raise :class:`UserError`, naming the option, when a file the user named is missing."""
     named = (
         ("--keywords", options.keywords_file),
         ("--composition-ckpt", options.composition_ckpt),
     )
     for option, path in named:
         if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{option} {path}: no such file")
+            raise UserError(path, f"no such file ({option})", f"check the path of {option}")
 
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
     """Evaluate a checkpoint on a split and write the report; returns ``metrics.json``'s content.
 
     Raises:
-        FileNotFoundError: a named file (``keywords_file``, ``composition_ckpt``) is missing.
+        UserError: a named file (``keywords_file``, ``composition_ckpt``) is missing.
         CheckpointError: the checkpoint cannot be read or records no data-module settings.
         DifferentSplitError: ``composition_ckpt`` was trained on another split.
     """
@@ -179,66 +175,3 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         )
     report.write_metrics_json(metrics, out_dir)
     return metrics
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clasp eval", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--ckpt", type=Path, help="checkpoint (default: the best one of runs/pretrain)"
-    )
-    parser.add_argument("--split", choices=("val", "test"), default="test")
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
-    parser.add_argument(
-        "--keywords",
-        type=Path,
-        help=f"YAML with keywords, templates, min_positives (default: {DEFAULT_KEYWORDS}; "
-        "no screening, with a note, when it is absent)",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--composition-ckpt",
-        type=Path,
-        help="composition-only baseline, trained on the same records and split (default: the "
-        f"best of {COMPOSITION_RUN}, written by make pretrain-composition; its row is left out "
-        "if there is none or if it was trained on other records)",
-    )
-    parser.add_argument(
-        "--caption-fields",
-        nargs="+",
-        choices=CAPTION_FIELDS,
-        help="evaluate on these record fields instead of the checkpoint's own captions",
-    )
-    return parser
-
-
-def options_of(args: argparse.Namespace, ckpt: Path) -> EvalOptions:
-    """The :class:`EvalOptions` of ``clasp eval``'s parsed command line."""
-    return EvalOptions(
-        ckpt,
-        args.split,
-        args.out,
-        args.keywords,
-        device=args.device,
-        caption_fields=tuple(args.caption_fields) if args.caption_fields else None,
-        composition_ckpt=args.composition_ckpt,
-        composition_run=None if args.composition_ckpt else COMPOSITION_RUN,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``clasp eval`` (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    try:
-        options = options_of(args, args.ckpt or find_checkpoint())
-        logger.info("evaluating %s on the %s split", options.ckpt, options.split)
-        metrics = evaluate(options)
-    except (FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print((options.report_dir / "metrics.md").read_text())
-    alpha_note = metrics["hybrid_alpha_file"] or (
-        "not stored: only a test-split evaluation with the checkpoint's own captions stores it"
-    )
-    print(f"hybrid α {metrics['hybrid_alpha']:g} ({alpha_note})")
-    print(f"report, plots and metrics.json in {options.report_dir}/ ({metrics['n_pairs']} pairs)")
-    return 0

@@ -1,4 +1,4 @@
-"""``clasp probe``: linear probes of a frozen crystal encoder, CLaSP-pretrained vs randomly initialised.
+"""Linear probes (``clasp probe``) of a frozen crystal encoder, CLaSP-pretrained vs randomly initialised.
 
 Does contrastive pretraining make structure properties readable from the crystal embedding? The
 protocol is fixed so that numbers compare across checkpoints:
@@ -28,10 +28,9 @@ scores) and ``probe.md`` (the table, also printed)::
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +43,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from clasp_pl.checkpoints import find_checkpoint
-from clasp_pl.data.datamodule import DEFAULT_RECORDS
 from clasp_pl.data.labels import MINERAL_CLASS
 from clasp_pl.data.property_datamodule import (
     PropertyDataModule,
@@ -55,6 +52,7 @@ from clasp_pl.data.property_datamodule import (
     task_of,
 )
 from clasp_pl.models.finetune import PropertyModule
+from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 
 
 @dataclass
@@ -203,7 +201,7 @@ class ProbeOptions:
 
     target: str = MINERAL_CLASS
     records: Path = Path(DEFAULT_RECORDS)
-    cache_dir: Path = Path("data/cache")
+    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
     random_seeds: Sequence[int] = (0, 1, 2)
     raw_random: bool = False
     head: bool = False
@@ -283,61 +281,31 @@ def probe_table(rows: list[ProbeRow], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``clasp probe`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="clasp probe", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--ckpt", type=Path, help="CLaSP checkpoint (default: best of runs/pretrain)"
-    )
-    parser.add_argument(
-        "--target",
-        default=MINERAL_CLASS,
-        help="mineral_class, crystal_system, or a numeric meta key of the records (e.g. heat_ref)",
-    )
-    parser.add_argument("--records", type=Path, default=Path(DEFAULT_RECORDS))
-    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
-    parser.add_argument("--random-seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument(
-        "--raw-random",
-        action="store_true",
-        help="also probe random encoders without BN recalibration",
-    )
-    parser.add_argument(
-        "--head", action="store_true", help="probe CLaSP's projection embedding, not the tower"
-    )
-    parser.add_argument("--folds", type=int, default=5, help="k of the k-fold split by paper")
-    parser.add_argument(
-        "--strength",
-        type=float,
-        default=1.0,
-        help="logistic C / ridge alpha (L2, on standardised features)",
-    )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1, help="processes building the caches")
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/probe-<target>)")
-    args = parser.parse_args(argv)
+def default_probe_dir(checkpoint: Path, target: str) -> Path:
+    """Where a probe's report goes by default: ``<checkpoint folder>/../probe-<target>``."""
+    return checkpoint.parent.parent / f"probe-{target}"
 
-    checkpoint = args.ckpt or find_checkpoint()
-    options = ProbeOptions(**{f.name: getattr(args, f.name) for f in fields(ProbeOptions)})
-    rows = run_probe(checkpoint, options)
-    features = "projection head" if args.head else "tower"
+
+def write_probe_report(
+    rows: list[ProbeRow], checkpoint: Path, options: ProbeOptions, out: Path
+) -> str:
+    """Write ``probe.md`` (the table) and ``probe.json`` (per-fold scores) into ``out``;
+    returns the table."""
+    features = "projection head" if options.head else "tower"
     title = (
-        f"Linear probe of {args.target} on {args.records.name}: {checkpoint.name} ({features} "
-        f"features), {len(rows[0].fold_scores)}-fold by group (paper)"
+        f"Linear probe of {options.target} on {Path(options.records).name}: {checkpoint.name} "
+        f"({features} features), {len(rows[0].fold_scores)}-fold by group (paper)"
     )
     table = probe_table(rows, title)
-    out = args.out or checkpoint.parent.parent / f"probe-{args.target}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.md").write_text(table, encoding="utf-8")
     report = {
         "checkpoint": str(checkpoint),
-        "target": args.target,
-        "records": str(args.records),
+        "target": options.target,
+        "records": str(options.records),
         "features": features,
-        "strength": args.strength,
+        "strength": options.strength,
         "rows": [asdict(row) | {"mean": row.mean, "std": row.std} for row in rows],
     }
     (out / "probe.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(table)
-    print(f"wrote {out / 'probe.md'} and {out / 'probe.json'}")
-    return 0
+    return table

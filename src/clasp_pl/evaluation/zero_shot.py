@@ -17,10 +17,9 @@ from clasp_pl.evaluation import report
 from clasp_pl.evaluation.screening import keyword_scores, keyword_screening
 from clasp_pl.evaluation.split import SplitEmbeddings
 from clasp_pl.models.clasp import CLaSPModule
+from clasp_pl.resources import DEFAULT_KEYWORDS
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_KEYWORDS = Path("conf/eval/amcsd_keywords.yaml")
 
 
 def load_keyword_config(path: Path | None) -> dict[str, Any] | None:

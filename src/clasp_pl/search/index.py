@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from clasp_pl.data.cache import file_fingerprint
+from clasp_pl.errors import UserError
 from clasp_pl.models.clasp import CLaSPModule
 
 EMBEDDINGS = "embeddings.npy"
@@ -146,6 +147,12 @@ def _rows(index: np.ndarray | Tensor, rows: slice, like: Tensor) -> Tensor:
     return block.to(like.device, like.dtype)
 
 
+class IndexFolderError(UserError):
+    """An index folder that is missing or not an index."""
+
+    kind = "index"
+
+
 class EmbeddingIndex:
     """An index folder opened for search.
 
@@ -158,6 +165,9 @@ class EmbeddingIndex:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         self.folder = Path(folder)
+        if not (self.folder / INFO).is_file():
+            reason = "no such folder" if not self.folder.exists() else f"no {INFO} in this folder"
+            raise IndexFolderError(self.folder, reason, "build the index with `clasp embed`")
         self.info: dict[str, Any] = json.loads((self.folder / INFO).read_text())
         self.embeddings: np.ndarray | Tensor = np.load(self.folder / EMBEDDINGS, mmap_mode="r")
         if torch.device(device).type != "cpu":

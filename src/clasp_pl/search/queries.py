@@ -3,6 +3,8 @@ shows (``clasp search``, ``clasp serve``, ``clasp map --queries``)."""
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,43 @@ from torch import Tensor
 from clasp_pl.api import embed_dim, embed_structures, embed_texts
 from clasp_pl.data.ingest import IngestOptions, Job, job_to_record
 from clasp_pl.data.rejects import Reject
+from clasp_pl.errors import UserError
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.hybrid import Hits, explain_hit
 from clasp_pl.search.index import EmbeddingIndex
+
+DEFAULT_TOP_K = 10
+"""Hits per query when none is asked for (``clasp search``, ``clasp serve``'s API)."""
+QUERY_BATCH_SIZE = 256
+"""Text queries embedded per forward pass."""
 
 
 def is_cif_query(query: str) -> bool:
     """Whether a query names an existing CIF file (a structure query)."""
     return query.lower().endswith(".cif") and Path(query).is_file()
+
+
+def read_queries(path: str | Path) -> list[str]:
+    """Queries of a file: a CSV or JSONL with a ``query`` column, else one per non-empty line.
+
+    Raises:
+        UserError: the file is missing or holds no query.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "no such query file", "check the path of --queries")
+    with open(path, encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() == ".csv":
+            queries = [row["query"] for row in csv.DictReader(handle)]
+        elif path.suffix.lower() in (".jsonl", ".json"):
+            queries = [json.loads(line)["query"] for line in handle if line.strip()]
+        else:
+            queries = [line.strip() for line in handle if line.strip()]
+    if not queries:
+        raise UserError(
+            path, "holds no query", "write one query per line (or a CSV/JSONL `query` column)"
+        )
+    return queries
 
 
 def embed_queries(

@@ -22,6 +22,8 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
+from clasp_pl.errors import UserError
+
 DEFAULT_TEXT_MODEL = "minilm"
 TINY_RANDOM = "tiny-random"
 POOLING_CONFIG = "1_Pooling/config.json"  # a sentence-transformers model's pooling settings
@@ -40,10 +42,24 @@ def minilm_dir() -> Path:
 
 
 def resolve(name: str) -> str:
-    """Local path (or hub id) that ``from_pretrained`` should load for ``name``."""
+    """Local path (or hub id) that ``from_pretrained`` should load for ``name``.
+
+    Raises:
+        TextModelNotFound: ``name`` is a path (absolute, ``./``, ``../``, ``~``) but no folder.
+    """
     if name in (DEFAULT_TEXT_MODEL, TINY_RANDOM):
         return str(minilm_dir())
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise TextModelNotFound(
+            name, "no such folder", "pass a folder holding a Hugging Face model, or a model id"
+        )
     return name
+
+
+class TextModelNotFound(UserError, OSError):
+    """A text model that is not on disk while the hub may not be asked (``HF_HUB_OFFLINE``)."""
+
+    kind = "text model"
 
 
 def _hub_offline() -> bool:
@@ -58,12 +74,12 @@ def _from_pretrained(loader, name: str, **kwargs):
         return loader.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as local_error:
         if _hub_offline():
-            raise OSError(
-                f"text model '{name}' is neither a local folder nor in the Hugging Face cache, and "
-                "HF_HUB_OFFLINE is set. On a machine with internet run "
-                f"`huggingface-cli download {name}` (fills ~/.cache/huggingface) or "
-                f"`git clone https://huggingface.co/{name} /some/dir` and pass that folder as the "
-                "text model; or use the offline default 'minilm'."
+            raise TextModelNotFound(
+                name,
+                "neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set",
+                f"on a machine with internet run `huggingface-cli download {name}` (fills "
+                f"~/.cache/huggingface) or `git clone https://huggingface.co/{name} /some/dir` "
+                "and pass that folder as the text model; or use the offline default 'minilm'",
             ) from local_error
         return loader.from_pretrained(source, **kwargs)
 

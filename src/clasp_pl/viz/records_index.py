@@ -26,7 +26,6 @@ from clasp_pl.viz.points import INDEX_RECORDS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "data/cache"
 """Default ``cache_dir``: where the data module keeps its caches."""
 
 Featurized = tuple[CrystalRecord, CrystalGraph, dict] | None

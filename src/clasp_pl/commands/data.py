@@ -3,14 +3,14 @@
 
 Usage::
 
-    python -m clasp_pl.data.commands ingest --cifs cod/cif --metadata meta.jsonl --out data/user/cod.jsonl.gz
-    python -m clasp_pl.data.commands ingest --cifs COD/cif --cod-table cod_metadata.csv \
+    clasp data ingest --cifs cod/cif --metadata meta.jsonl --out data/user/cod.jsonl.gz
+    clasp data ingest --cifs COD/cif --cod-table cod_metadata.csv \
         --abstracts retrieved_abstract.csv --out data/user/cod.jsonl.gz
-    python -m clasp_pl.data.commands ingest --table perov_5/val.csv --out data/user/perov_val.jsonl.gz
-    python -m clasp_pl.data.commands ingest --cifs COD/cif --out data/user/cod.jsonl.gz \
+    clasp data ingest --table perov_5/val.csv --out data/user/perov_val.jsonl.gz
+    clasp data ingest --cifs COD/cif --out data/user/cod.jsonl.gz \
         --workers 16 --max-atoms 1000      # killed? the same command resumes after its last shard
-    python -m clasp_pl.data.commands build-default --db amcsd_cif1.db --out data/amcsd_default.jsonl.gz
-    python -m clasp_pl.data.commands keywords --records data/amcsd_default.jsonl.gz \
+    clasp data build-default --db amcsd_cif1.db --out data/amcsd_default.jsonl.gz
+    clasp data keywords --records data/amcsd_default.jsonl.gz \
         --out data/amcsd_default.keywords.json
 """
 

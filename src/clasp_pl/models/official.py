@@ -1,4 +1,4 @@
-"""``clasp convert-official CKPT OUT``: a checkpoint of the official CLaSP code -> a CLaSPModule.
+"""A checkpoint of the official CLaSP code -> a CLaSPModule (``clasp convert-official CKPT OUT``).
 
 The official code (github.com/Toyota/clasp, ``models/contrastive.py``) keeps the crystal encoder
 under ``model.`` (``models/cgcnn.py``), the text encoder under ``model_text.``
@@ -58,18 +58,15 @@ Anything unmatched, missing or mis-shaped is refused with a message naming every
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
-from clasp_pl.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
+from clasp_pl.checkpoints import read_checkpoint, write_checkpoint
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.clasp import CLaSPModule
 
@@ -373,33 +370,3 @@ def save_converted_checkpoint(
         global_step=0,
         converted_from_official=notes,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``clasp convert-official CKPT OUT [--config YAML] [--text-model NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="clasp convert-official", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("ckpt", help="official checkpoint (.ckpt) or state dict")
-    parser.add_argument("out", help="converted Lightning checkpoint")
-    parser.add_argument("--config", help="YAML with a model section (text, loss, optim...)")
-    parser.add_argument(
-        "--text-model", help=f"text model name or folder (default {PAPER_TEXT_MODEL})"
-    )
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
-    try:
-        module, notes = convert(
-            load_official_state_dict(args.ckpt), config=config, text_model=args.text_model
-        )
-    except (CheckpointError, ConversionError) as error:
-        print(f"error: cannot convert {args.ckpt}: {error}", file=sys.stderr)
-        return 2
-    save_converted_checkpoint(module, args.out, notes, data_hparams(module, config or {}))
-    print(f"converted {args.ckpt} → {args.out}")
-    print("\n".join(f"  {note}" for note in notes))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

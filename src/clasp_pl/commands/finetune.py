@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from clasp_pl.cli import frozen_towers_in_eval_mode
+from clasp_pl.commands.fit import run_lightning_cli
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.property_datamodule import PropertyDataModule, num_classes_of, task_of
 from clasp_pl.models.finetune import PropertyModule
@@ -29,12 +29,7 @@ class PropertyCLI(LightningCLI):
         parser.link_arguments("data.target", "model.num_classes", compute_fn=num_classes_of)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """Run the fine-tuning LightningCLI on ``argv`` (``fit``, ``validate``, ``test``, ...)."""
-    with frozen_towers_in_eval_mode():
-        PropertyCLI(
-            PropertyModule,
-            PropertyDataModule,
-            args=argv,
-            save_config_kwargs={"overwrite": True},
-        )
+    run_lightning_cli(PropertyCLI, PropertyModule, PropertyDataModule, argv or [])
+    return 0
