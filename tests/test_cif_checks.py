@@ -25,7 +25,7 @@ from clasp_pl.data.cif_symmetry import find_space_group
 from clasp_pl.data.ingest import IngestOptions, Job, job_to_record
 from clasp_pl.data.limits import TimeLimitExceeded, time_limit
 from clasp_pl.data.rejects import CifError, Reject
-from conftest import COD_SAMPLE, SHARED_DATA, shared_path
+from helpers.data import COD_SAMPLE, SHARED_DATA, shared_path
 
 P21N = SHARED_DATA / "cif_edge_cases" / "pymatgen__Cod_2100513.cif"  # COD 2100513, P 1 21/n 1
 NACL = COD_SAMPLE / "1000041.cif"  # COD 1000041, Fm-3m

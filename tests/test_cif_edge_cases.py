@@ -16,7 +16,7 @@ from pymatgen.core import Composition
 
 from clasp_pl.data.cif import ParsedCif, read_cif
 from clasp_pl.data.rejects import Reject
-from conftest import SHARED_DATA
+from helpers.data import SHARED_DATA
 
 CORPUS = SHARED_DATA / "cif_edge_cases"
 FILES = sorted(CORPUS.glob("*.cif"))

@@ -17,7 +17,7 @@ from clasp_pl.data.records import (
     read_records,
     write_records,
 )
-from conftest import DEFAULT_RECORDS, SHARED_DATA
+from helpers.data import DEFAULT_RECORDS, SHARED_DATA
 
 MNO2 = SHARED_DATA / "cif_edge_cases" / "diffpy__MnO2.cif"
 
