@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from clasp_pl.cli import CLaSPCLI
+from clasp_pl.commands.fit import CLaSPCLI
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.training.callbacks import ResumeState, StopAfterSteps
