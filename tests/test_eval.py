@@ -214,20 +214,21 @@ def test_composition_baseline_of_other_records(trained_run, monkeypatch, caplog)
     shutil.rmtree(trained_run / "runs/composition")
 
 
-def test_named_files_must_exist_and_absent_defaults_are_noted(
+def test_named_files_must_exist_and_defaults_come_from_the_package(
     trained_run, monkeypatch, capsys, caplog
 ):
-    monkeypatch.chdir(trained_run)  # no conf/ nor runs/composition/ here
+    monkeypatch.chdir(trained_run)  # no conf/ nor runs/composition/ here: the package has conf
     caplog.set_level(logging.INFO)
     ckpt = str(trained_run / "runs/pretrain/checkpoints/last.ckpt")
     for option in ("--keywords", "--composition-ckpt"):
         assert main(["eval", "--ckpt", ckpt, option, "missing.file"]) == 2
-        assert f"{option} missing.file: no such file" in capsys.readouterr().err
+        assert capsys.readouterr().err == (
+            f"error: missing.file: no such file ({option}); check the path of {option}\n"
+        )
     assert not (trained_run / "runs/pretrain/eval-test").exists()  # failed before any work
     assert main(["eval", "--ckpt", ckpt, "--out", "eval-defaults"]) == 0
-    assert "conf/eval/amcsd_keywords.yaml not found" in caplog.text
     assert "no checkpoint under runs/composition/" in caplog.text
-    assert not (trained_run / "eval-defaults/screening.md").exists()
+    assert (trained_run / "eval-defaults/screening.md").is_file()  # the packaged keyword file
 
 
 def test_lexical_baseline_ranks_a_formula_title_first():
