@@ -12,14 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from clasp_pl.errors import UserError
-from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
+from clasp_pl.commands.options import add_index_source, resolve_index
 from clasp_pl.viz.colouring import FIELDS
 from clasp_pl.viz.embedding_map import INDEX_CACHE, MapTimings, index_map
 from clasp_pl.viz.projection import ProjectionConfig
-from clasp_pl.viz.records_index import records_index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an interactive embedding map (one HTML file that opens offline).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--index", help="index folder (clasp embed)")
-    source.add_argument("--ckpt", help="checkpoint: map the --records file embedded with it")
-    parser.add_argument("--records", default=DEFAULT_RECORDS, help="records file for --ckpt")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where --ckpt's index goes")
+    add_index_source(parser, "map")
     parser.add_argument("--out", default="embedding_map.html", help="HTML file to write")
     parser.add_argument(
         "--color-by",
@@ -42,19 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", nargs="*", default=[], help="mark each query's top-k hits")
     parser.add_argument("--top-k", type=int, default=10, help="hits marked per query")
     parser.add_argument("--seed", type=int, default=0, help="t-SNE random state")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``clasp map``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    for option, path in (("--index", args.index), ("--ckpt", args.ckpt)):
-        if path and not Path(path).exists():
-            raise UserError(path, "no such file or folder", f"check the path of {option}")
-    index = args.index or records_index(args.records, args.ckpt, args.cache_dir, args.device)
+    index = resolve_index(args)
     timings = MapTimings()
     out = index_map(
         index,
