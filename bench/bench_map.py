@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tables import emit_table
 
 from clasp_pl.data.records import iter_records
 from clasp_pl.resources import DEFAULT_RECORDS
@@ -150,10 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()[0]
     table = markdown(run(args.sizes), load)
-    print(table)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from tables import emit_table
 
 from clasp_pl.api import embed_dim, embed_texts
 from clasp_pl.models.clasp import CLaSPModule
@@ -110,10 +111,7 @@ def main() -> None:
     table = markdown(
         run(args.queries, args.index_size, args.top_k, args.repeats), args.queries, args.index_size
     )
-    print(table)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_search import make_queries
+from tables import emit_table
 
 from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.viz.records_index import records_index
@@ -129,10 +130,7 @@ def main() -> None:
     index = records_index(REPO / DEFAULT_RECORDS, ckpt, REPO / DEFAULT_CACHE_DIR)
     latencies, info, startup = run(index, args.queries, args.top_k)
     table = markdown(latencies, info, startup, source, args.top_k)
-    print(table)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":
