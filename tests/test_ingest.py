@@ -212,3 +212,16 @@ def test_disorder_and_primitive_cell_are_noted_in_meta(tmp_path: Path) -> None:
     records = {record.id: record for record in read_records(tmp_path / "m.jsonl.gz")}
     assert records["vacant"].meta["n_dropped_sites"] == 1  # the majority policy drops it
     assert records["vacant"].species == ["O"] and records["vacant"].is_ordered
+
+
+def test_command_line_bounds(cod_mirror: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bounded.jsonl.gz"
+    argv = ["ingest", "--cifs", str(cod_mirror), "--out", str(out), "--no-require-text"]
+    assert main([*argv, "--max-cell-atoms", "4", "--shard-size", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "too_many_atoms:" in printed  # NaCl (8 atoms in the cell) and the other larger cells
+    kept = {record.id: record.num_sites for record in read_records(out)}
+    assert kept and max(kept.values()) <= 4 and "1000041" not in kept
+    rejects = [json.loads(line) for line in rejects_path_for(out).read_text().splitlines()]
+    nacl = next(r for r in rejects if r["id"] == "1000041")
+    assert nacl["reason"] == "too_many_atoms" and "max_cell_atoms=4" in nacl["message"]

@@ -17,7 +17,7 @@ from clasp_pl.data.ingest import ingest_folder, rejects_path_for
 from clasp_pl.data.records import read_records
 from clasp_pl.data.rejects import Reject
 from clasp_pl.data.shards import ShardedOutput
-from conftest import COD_SAMPLE, REPO, shared_path
+from helpers.data import COD_SAMPLE, REPO, shared_path
 
 SHARD = 20
 

@@ -13,10 +13,11 @@ What is read the way a crystallographer expects:
 
 * **Bytes**: UTF-8 (a byte-order mark is dropped); a file that is not valid UTF-8 (a cp1252 ``’``
   in an author name) is decoded as cp1252, else latin-1, and the record notes the encoding
-  (``meta["text_encoding"]``).
+  (``meta["text_encoding"]``); see :mod:`clasp_pl.data.cif_text`.
 * **Syntax**: when gemmi rejects the file, a single-quoted value that runs over several lines
   and a value-less tag on the last line (``_eof``; both Crystallographica output, not valid
-  CIF 1.1, read by pymatgen) are repaired (``meta["repaired_syntax"]``).
+  CIF 1.1, read by pymatgen) are repaired (``meta["repaired_syntax"]``;
+  :mod:`clasp_pl.data.cif_text`).
 * **Symmetry**: operation lists under either tag, Hall symbols, Hermann–Mauguin symbols in old
   and spaced spellings, IT numbers; no symmetry at all is read as P1 and noted
   (``meta["assumed_p1"]``); see :mod:`clasp_pl.data.cif_symmetry`.
@@ -24,7 +25,8 @@ What is read the way a crystallographer expects:
   (``Fe3+``, ``O2-``) are dropped, label suffixes ignored, deuterium and tritium become ``H``.
 * **Dummy atoms** (ring centroids ``Cg1``, ``Cp1``, ``Cnt``; ``X``, ``Q``, ``Du``, ``Dum``,
   ``Lp``; any site whose ``_atom_site_calc_flag`` is ``dum``) are dropped and counted
-  (``meta["n_dummy_sites"]``): they are geometry helpers, not atoms.
+  (``meta["n_dummy_sites"]``): they are geometry helpers, not atoms
+  (:mod:`clasp_pl.data.cif_elements`).
 
 Then, in order: the rows of the atom loop are counted (more than ``max_cell_atoms`` rows: rejected
 before they are read), the stated cell and occupancies are checked, the cell's atoms are counted
@@ -33,8 +35,8 @@ default 5 × ``max_atoms``; a site on a special position counts once), co-locate
 merged into sites and the occupancy policy applies (``mixed`` by default: disorder is kept; see
 :mod:`clasp_pl.data.cif_sites` for ``mixed``, ``majority`` and ``skip``, and for what is merged),
 the composition is checked against ``_chemical_formula_sum`` (:mod:`clasp_pl.data.formula`),
-and a cell with more than ``max_atoms`` sites is replaced by its primitive cell (spglib) when
-that is small enough.
+and a cell with more than ``max_atoms`` sites is replaced by its primitive cell
+(:mod:`clasp_pl.data.cif_primitive`) when that is small enough.
 
 Reject reasons (``Reject.reason``), every one a record can be refused for:
 
@@ -62,19 +64,18 @@ Reject reasons (``Reject.reason``), every one a record can be refused for:
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import gemmi
 import numpy as np
-import spglib
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 
+from clasp_pl.data.cif_elements import element_symbol, site_element
+from clasp_pl.data.cif_primitive import primitive_sites
 from clasp_pl.data.cif_sites import (
     AsymmetricUnit,
     Atoms,
@@ -85,6 +86,13 @@ from clasp_pl.data.cif_sites import (
     resolve_sites,
 )
 from clasp_pl.data.cif_symmetry import SymmetryError, block_symmetry
+from clasp_pl.data.cif_text import (
+    clean_text,
+    decode_cif_bytes,
+    first_line,
+    read_cif_text,
+    read_document,
+)
 from clasp_pl.data.formula import check_formula, parse_formula
 from clasp_pl.data.rejects import CifError, Reject
 
@@ -108,15 +116,7 @@ Reader = Literal["gemmi", "pymatgen"]
 
 DEFAULT_MAX_ATOMS = 200
 CELL_ATOM_FACTOR = 5  # default max_cell_atoms = CELL_ATOM_FACTOR * max_atoms
-FALLBACK_ENCODINGS = ("cp1252", "latin-1")
 FORMULA_TAG = "_chemical_formula_sum"
-PRIMITIVE_SYMPREC = 0.1  # Å: tolerance of the lattice-translation search (spglib)
-
-_ISOTOPES = {"D": "H", "T": "H"}
-_DUMMY = re.compile(r"(?:X|Xx|Q|Du|Dum|Cg|Cp|Cnt|Ctr|Cent|Lp)(?![a-z])")
-_WS = re.compile(r"\s+")
-_OPEN_QUOTE = re.compile(r"^(\s*_\S+\s+)(['\"])(.*)$")
-_BARE_TAG = re.compile(r"^\s*_\S+\s*$")
 
 
 @dataclass
@@ -182,82 +182,6 @@ def default_max_cell_atoms(max_atoms: int) -> int:
     return CELL_ATOM_FACTOR * max_atoms
 
 
-def decode_cif_bytes(data: bytes) -> tuple[str, str]:
-    """Decode CIF bytes: UTF-8 (a byte-order mark is dropped), else cp1252, else latin-1.
-
-    Returns:
-        ``(text, encoding)``.
-    """
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    for encoding in FALLBACK_ENCODINGS:
-        try:
-            return data.decode(encoding), encoding
-        except UnicodeDecodeError:
-            continue
-    raise AssertionError("latin-1 decodes every byte")
-
-
-def clean_text(value: str | None) -> str:
-    """Strip surrounding whitespace and quotes, and collapse inner whitespace and newlines."""
-    if value is None:
-        return ""
-    value = _WS.sub(" ", value).strip()
-    while len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1].strip()
-    return "" if value in ("?", ".") else value
-
-
-def is_dummy(symbol: str) -> bool:
-    """Whether a type symbol or label names a dummy atom or centroid (``X``, ``Cg1``, ``Q2``,
-    ``Cent3``; not ``Xe1`` or ``Cu2``: a dummy prefix must not go on in lower case)."""
-    return _DUMMY.match(symbol.strip()) is not None
-
-
-@lru_cache(maxsize=8192)
-def _site_element(symbol: str) -> str | None:
-    """Element of a site's type symbol (or label): None for a dummy atom, ``""`` for a symbol
-    that names nothing."""
-    if is_dummy(symbol):
-        return None
-    try:
-        return element_symbol(symbol)
-    except CifError:
-        return ""
-
-
-@lru_cache(maxsize=4096)
-def element_symbol(symbol: str) -> str:
-    """Plain element symbol of a CIF type symbol or species (``Fe3+`` → ``Fe``, ``D`` → ``H``).
-
-    Raises:
-        CifError: ``unknown_element`` when no element can be read.
-    """
-    match = re.match(r"[A-Za-z]{1,2}", symbol.strip())
-    letters = match.group(0) if match else ""
-    for candidate in (letters[:2].capitalize(), letters[:1].upper()):
-        if candidate in _ISOTOPES:
-            return _ISOTOPES[candidate]
-        if candidate and Element.is_valid_symbol(candidate):
-            return candidate
-    raise CifError("unknown_element", f"unknown element symbol {symbol!r}")
-
-
-def read_cif_text(path: str | Path) -> tuple[str, str]:
-    """The text of a CIF file and the encoding it was decoded with.
-
-    Raises:
-        CifError: ``unreadable`` when the file cannot be read.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise CifError("unreadable", f"{path}: {err.strerror}") from None
-    return decode_cif_bytes(data)
-
-
 def read_cif(
     path: str | Path,
     *,
@@ -319,7 +243,7 @@ def parse_cif(
     if reader not in ("gemmi", "pymatgen"):
         raise ValueError(f"unknown reader {reader!r}; use 'gemmi' or 'pymatgen'")
     cell_cap = max_cell_atoms if max_cell_atoms is not None else default_max_cell_atoms(max_atoms)
-    document, repaired = _read_document(text, name, required=reader == "gemmi")
+    document, repaired = read_document(text, name, required=reader == "gemmi")
     notes = {"repaired_syntax": repaired}
     if document is not None:
         block = _atom_block(document, name)
@@ -339,74 +263,6 @@ def parse_cif(
     if check_stated_formula:
         parsed.hydrogen_not_located = _check_stated_formula(value(FORMULA_TAG), parsed, name)
     return _limit_size(parsed, name, max_atoms)
-
-
-def _read_document(text: str, name: str, required: bool) -> tuple[gemmi.cif.Document | None, bool]:
-    """The gemmi document of ``text`` and whether quotes were repaired; None when gemmi cannot
-    read it and it is not ``required`` (the pymatgen reader then reads the file alone)."""
-    try:
-        return gemmi.cif.read_string(text), False
-    except (RuntimeError, ValueError) as err:
-        error = err
-    lenient = any(symptom in str(error) for symptom in ("unterminated", "has no value"))
-    repaired = repair_lenient_syntax(text) if lenient else None
-    if repaired is not None:
-        try:
-            return gemmi.cif.read_string(repaired), True
-        except (RuntimeError, ValueError):
-            pass
-    if required:
-        raise CifError("unparseable", f"{name}: {_first_line(error)}") from None
-    return None, False
-
-
-def repair_lenient_syntax(text: str) -> str | None:
-    """Repair two departures from CIF 1.1 that pymatgen tolerates (Crystallographica output):
-    ``_tag 'value`` values that run over several lines become ``;`` text fields, and a tag
-    without a value on the last line (``_eof``) is dropped.
-
-    Returns:
-        The repaired text, or None when there was nothing to repair.
-    """
-    lines = text.splitlines()
-    out: list[str] = []
-    changed = False
-    index = 0
-    while index < len(lines):
-        match = _OPEN_QUOTE.match(lines[index])
-        if match is None or _closes(match.group(3), match.group(2)):
-            out.append(lines[index])
-            index += 1
-            continue
-        tag, quote, first = match.groups()
-        body = [first]
-        end = index + 1
-        while end < len(lines) and not lines[end].rstrip().endswith(quote):
-            body.append(lines[end])
-            end += 1
-        if end == len(lines):
-            return None
-        body.append(lines[end].rstrip()[:-1])
-        out += [tag.rstrip(), ";", *(" " + line if line.startswith(";") else line for line in body)]
-        out.append(";")
-        changed = True
-        index = end + 1
-    content = [
-        k for k, line in enumerate(out) if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if content and _BARE_TAG.match(out[content[-1]]):
-        del out[content[-1]]
-        changed = True
-    return "\n".join(out) + "\n" if changed else None
-
-
-def _closes(rest: str, quote: str) -> bool:
-    """Whether a quoted value that started with ``quote`` ends on this line (``rest``)."""
-    return re.search(re.escape(quote) + r"(?:\s|$)", rest) is not None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _atom_block(document: gemmi.cif.Document, name: str) -> gemmi.cif.Block:
@@ -509,7 +365,7 @@ def _asymmetric_unit(
         symbol = types_raw[row] or labels_raw[row]
         if not symbol:  # a placeholder row ("? ? ? ?"): no site at all
             continue
-        element = None if flags[row].lower() == "dum" else _site_element(symbol)
+        element = None if flags[row].lower() == "dum" else site_element(symbol)
         if element is None:
             n_dummy += 1
             continue
@@ -557,7 +413,7 @@ def _pymatgen_atoms(text: str, name: str, max_cell_atoms: int) -> Atoms:
             parser = CifParser.from_str(text, occupancy_tolerance=100.0)
             structure = parser.parse_structures(primitive=False, on_error="raise")[0]
     except Exception as err:  # noqa: BLE001 - pymatgen raises many exception types for bad CIFs
-        raise CifError("unparseable", f"{name}: pymatgen: {_first_line(err)}") from None
+        raise CifError("unparseable", f"{name}: pymatgen: {first_line(err)}") from None
     if len(structure) == 0:
         raise CifError("no_sites", f"{name}: no atom sites")
     check_cell(list(structure.lattice.abc) + list(structure.lattice.angles), name)
@@ -594,8 +450,8 @@ def _pymatgen_tag_reader(text: str, name: str, max_cell_atoms: int) -> Callable[
 
     try:
         blocks = list(CifFile.from_str(text).data.values())
-    except Exception as err:  # same as above
-        raise CifError("unparseable", f"{name}: pymatgen: {_first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - same as above: pymatgen raises many types
+        raise CifError("unparseable", f"{name}: pymatgen: {first_line(err)}") from None
     data = next((b.data for b in blocks if "_atom_site_fract_x" in b.data), {})
     listed = len(data.get("_atom_site_fract_x", []))
     if listed > max_cell_atoms:
@@ -652,59 +508,6 @@ def _limit_size(parsed: ParsedCif, name: str, max_atoms: int) -> ParsedCif:
     parsed.sites = primitive
     parsed.primitive = True
     return parsed
-
-
-def primitive_sites(sites: Sites, symprec: float = PRIMITIVE_SYMPREC) -> Sites:
-    """The primitive cell of ``sites`` (the same cell when it is already primitive).
-
-    spglib finds the lattice translations (each distinct ``{element: occupancy}`` is one atom
-    type, so disorder is respected) about ten times faster than pymatgen's
-    ``get_primitive_structure``, which is the fallback when spglib finds no cell.
-    """
-    keys = [tuple(site.items()) for site in sites.occupancies] or [(sp,) for sp in sites.species]
-    types = {key: number for number, key in enumerate(dict.fromkeys(keys), start=1)}
-    cell = (sites.lattice, sites.frac, [types[key] for key in keys])
-    found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=symprec)
-    if found is None:
-        return _structure_sites(
-            Structure(
-                Lattice(sites.lattice), sites.occupancies or sites.species, sites.frac
-            ).get_primitive_structure(),
-            sites,
-        )
-    lattice, frac, numbers = found
-    by_number = {number: key for key, number in types.items()}
-    chosen = [by_number[int(number)] for number in numbers]
-    return Sites(
-        lattice=np.asarray(lattice, dtype=float),
-        frac=np.asarray(frac, dtype=float) % 1.0,
-        species=[key[0] if isinstance(key[0], str) else key[0][0] for key in chosen],
-        occupancies=[dict(key) for key in chosen] if sites.occupancies else [],
-        n_disordered=sites.n_disordered,
-        n_dropped=sites.n_dropped,
-        n_repeated=sites.n_repeated,
-    )
-
-
-def _structure_sites(structure: Structure, before: Sites) -> Sites:
-    """Sites of a pymatgen structure made from ``before`` (keeps its counts)."""
-    occupancies = [
-        dict(sorted(((sp.symbol, float(occ)) for sp, occ in site.species.items()), key=_by_weight))
-        for site in structure
-    ]
-    return Sites(
-        lattice=structure.lattice.matrix,
-        frac=structure.frac_coords % 1.0,
-        species=[next(iter(site)) for site in occupancies],
-        occupancies=occupancies if before.occupancies else [],
-        n_disordered=before.n_disordered,
-        n_dropped=before.n_dropped,
-        n_repeated=before.n_repeated,
-    )
-
-
-def _by_weight(item: tuple[str, float]) -> float:
-    return -item[1]
 
 
 def _cif_text(value: Callable[[str], str]) -> CifText:

@@ -468,7 +468,7 @@ def _job_text(job: Job) -> tuple[str, str]:
     """The job's CIF text (read from its path when needed) and its encoding.
 
     Bytes that are not UTF-8 are decoded with the fallbacks of
-    :func:`~clasp_pl.data.cif.decode_cif_bytes` (a table cell arrives here with its undecodable
+    :func:`~clasp_pl.data.cif_text.decode_cif_bytes` (a table cell arrives here with its undecodable
     bytes kept as surrogates).
     """
     if job.cif is not None:

@@ -10,17 +10,20 @@ disordered structure, the occupancies of each site (record format 2, :data:`RECO
 
 - ``occupancies`` empty (and absent from the JSON line): the structure is ordered; site ``i`` is
   one ``species[i]`` atom. Every format-1 record reads this way.
-- ``occupancies`` non-empty: one ``{element: occupancy}`` dict per site (values in (0, 1], sum
-  <= 1; the missing weight is a vacancy), and ``species[i]`` is site ``i``'s dominant element
-  (highest occupancy), so code that needs one label per site still has one.
+- ``occupancies`` non-empty: one ``{element: occupancy}`` dict per site (values in (0, 1],
+  rounded to 6 digits, summing to at most 1 up to that rounding; the missing weight is a
+  vacancy), largest occupancy first. ``species[i]`` is site ``i``'s dominant element (its first
+  key), so code that needs one label per site still has one.
 
-Which structure to use: :meth:`CrystalRecord.to_structure` is the material as reported
-(pymatgen ``Structure`` with disordered species where there is disorder): composition,
-descriptors, occupancy-weighted atom features, output for users. :meth:`~CrystalRecord.
-to_ordered_structure` puts the dominant element on every site at full occupancy; it is for code
-that can only handle ordered structures (symmetry analysis, a one-element-per-site graph), and it
-is not the material's composition. :attr:`CrystalRecord.composition` is always the full,
-occupancy-weighted composition.
+Which structure to use:
+
+- :meth:`CrystalRecord.to_structure` is the material as reported (a pymatgen ``Structure`` with
+  disordered species where there is disorder): for composition, descriptors, occupancy-weighted
+  atom features, output for users.
+- :meth:`CrystalRecord.to_ordered_structure` puts the dominant element on every site at full
+  occupancy: only for code that cannot handle disorder (a one-element-per-site graph, symmetry
+  analysis with spglib); its composition is not the material's.
+- :attr:`CrystalRecord.composition` is always the full, occupancy-weighted composition.
 """
 
 from __future__ import annotations
