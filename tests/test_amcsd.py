@@ -323,7 +323,8 @@ def test_committed_default_dataset_keeps_disorder() -> None:
 
 def test_committed_default_elements_match_amcsd_formulas() -> None:
     """Issue 15's element-set check: every record has the non-H elements of AMCSD's formula of
-    its entry, and no other (1,977 of 8,505 records differed under the majority policy)."""
+    its entry, and no other (1,980 of 8,505 differed under the majority policy; 1,977 by the
+    issue's count)."""
     try:
         db = find_default_db()
     except FileNotFoundError:
