@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from pymatgen.io.cif import CifWriter
+from tables import emit_table
 
 from clasp_pl.data.cif import parse_cif
 from clasp_pl.data.graphs import GraphConfig, structure_to_graph
@@ -91,10 +92,7 @@ def main() -> None:
             f"| {pipeline:.0f} | {reference:.0f} | {raw:.0f} | {pipeline / reference:.1f}× |"
         )
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":

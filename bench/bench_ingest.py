@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
+from tables import emit_table
 
 from clasp_pl.data.amcsd import find_default_db, iter_rows, row_to_cif
 from clasp_pl.data.cif import CifError, parse_cif
@@ -145,10 +146,7 @@ def main() -> None:
         f"added {resident:.0f} MiB (defaults: max_atoms 200, max_cell_atoms 1,000).",
     ]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":
