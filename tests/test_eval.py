@@ -21,6 +21,7 @@ from clasp_pl.evaluation.split import SplitEmbeddings, split_lexical_scores
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.alpha_store import DEFAULT_ALPHA, load_alpha
 from helpers.data import REPO
+from helpers.fit import TINY_FIT
 from helpers.lightning import save_lightning_checkpoint
 
 KEYWORDS_YAML = REPO / "conf/eval/amcsd_keywords.yaml"
@@ -48,15 +49,7 @@ def in_run_folder(trained_run, monkeypatch):
 def fit(records_file):
     main(
         [
-            "fit",
-            "--config",
-            str(REPO / "conf/trainer/cpu.yaml"),
-            "--config",
-            str(REPO / "conf/data/amcsd.yaml"),
-            "--config",
-            str(REPO / "conf/model/clasp.yaml"),
-            "--config",
-            str(REPO / "conf/model/tiny.yaml"),
+            *TINY_FIT,
             "--data.records",
             str(records_file),
             "--data.split_fractions",
