@@ -124,7 +124,18 @@ def fit_fold(row: TrainedRow, run: FoldRun, folds: int, fold: int) -> None:
     run.fit_done.write_text(json.dumps({"seconds": time.perf_counter() - start}))
 
 
-def run_fold(row: TrainedRow, run: FoldRun, folds: int, fold: int, options: EvalOptions) -> dict:
+@dataclass(frozen=True)
+class FoldEvaluation:
+    """How each fold's test split is evaluated: the keyword-screening YAML (None: the
+    packaged default) and the torch device."""
+
+    keywords_file: Path | None
+    device: str
+
+
+def run_fold(
+    row: TrainedRow, run: FoldRun, folds: int, fold: int, evaluation: FoldEvaluation
+) -> dict:
     """Train (unless finished) and evaluate (unless reported) one fold; its report."""
     if run.fit_done.is_file() and run.report.is_file():
         logger.info("cv: %s fold %d done already (%s)", row.name, fold, run.report)
@@ -136,8 +147,8 @@ def run_fold(row: TrainedRow, run: FoldRun, folds: int, fold: int, options: Eval
         ckpt,
         "test",
         run.report.parent,
-        options.keywords_file,
-        device=options.device,
+        evaluation.keywords_file,
+        device=evaluation.device,
         composition_run=None,
         maps=False,
     )
@@ -156,7 +167,7 @@ def pooled_keyword_screening(runs: Sequence[FoldRun], keywords_file: Path | None
 
 
 def cross_validate(
-    out: Path, folds: int, rows: Sequence[TrainedRow], options: EvalOptions
+    out: Path, folds: int, rows: Sequence[TrainedRow], evaluation: FoldEvaluation
 ) -> cv_table.CVTable:
     """Train and evaluate every row on every fold; write and return ``OUT/cv.json`` + ``cv.md``.
     The first of ``rows`` is the main model (its reports give the baselines)."""
@@ -165,7 +176,7 @@ def cross_validate(
     for fold in range(folds):
         for row in rows:
             run = FoldRun(out / row.name / f"fold-{fold}")
-            reports[row.name].append(run_fold(row, run, folds, fold, options))
+            reports[row.name].append(run_fold(row, run, folds, fold, evaluation))
             runs[row.name].append(run)
     trained = {
         row.name: {
@@ -176,7 +187,7 @@ def cross_validate(
     }
     table = cv_table.aggregate(reports[rows[0].name], reports, trained)
     for row in rows:
-        screening = pooled_keyword_screening(runs[row.name], options.keywords_file)
+        screening = pooled_keyword_screening(runs[row.name], evaluation.keywords_file)
         if screening is not None:
             table.screening[row.name] = screening
     table.save(out / "cv.json")
@@ -256,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len({row.name for row in rows}) < len(rows):
         raise UserError("--row", "two rows share a name", "give every row its own NAME")
     args.out.mkdir(parents=True, exist_ok=True)
-    options = EvalOptions(Path(), keywords_file=args.keywords, device=args.device)
-    cross_validate(args.out, args.folds, rows, options)
+    cross_validate(args.out, args.folds, rows, FoldEvaluation(args.keywords, args.device))
     print((args.out / "cv.md").read_text())
     print(f"cv.json and cv.md in {args.out}/")
     return 0
