@@ -12,7 +12,7 @@ import pytest
 
 from clasp_pl.checkpoints import find_checkpoint, read_settings
 from clasp_pl.cli import main
-from clasp_pl.evaluation.cv_table import HYBRID_ROW, CVTable
+from clasp_pl.evaluation.cv_table import HYBRID_ROW, CVTable, aggregate, merge
 from clasp_pl.evaluation.split import load_datamodule
 from helpers.data import REPO
 from helpers.fit import TINY_CONFIGS
@@ -156,3 +156,31 @@ def test_cv_table_merges_runs(cv_run, capsys):
 def test_bad_row_is_refused(capsys):
     assert main(["cv", "--folds", "2", "--row", "no-equals-sign"]) == 2
     assert "--row" in capsys.readouterr().err
+
+
+def fake_report(learned: float, hybrid_alpha: float, n_pairs: int = 10) -> dict:
+    """A minimal ``metrics.json`` of one fold: the learned row, a hybrid row, the ceiling."""
+    return {
+        "n_pairs": n_pairs,
+        "methods": {
+            "CLaSP (this checkpoint)": {"t2s_group_R@10": learned},
+            f"hybrid: CLaSP + {hybrid_alpha:g} x lexical (α from val)": {"t2s_group_R@10": 0.9},
+        },
+        "pair_ceiling": {"pair_R@10": 0.8},
+        "description_queries": {"rows": {}},
+    }
+
+
+def test_aggregate_names_the_hybrid_row_across_folds_and_merge_checks_folds():
+    reports = [fake_report(0.5, 0.1), fake_report(0.7, 0.3)]
+    info = {"fit_args": ["--preset", "pretrain"], "fit_seconds": 1.0}
+    table = aggregate(reports, {"model": reports}, {"model": info})
+    assert set(table.rows) == {"model", HYBRID_ROW}
+    stat = table.rows["model"]["t2s_group_R@10"]
+    assert (stat.mean, stat.std) == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1)))
+    assert table.rows[HYBRID_ROW]["t2s_group_R@10"].std == 0.0
+    other = aggregate(reports, {"fused": reports}, {"fused": info})
+    assert set(merge([("base", table), ("fused", other)]).rows) == {"model", HYBRID_ROW, "fused"}
+    three_folds = aggregate([*reports, fake_report(0.1, 0.1)], {"x": reports}, {"x": info})
+    with pytest.raises(ValueError, match="folds"):
+        merge([("base", table), ("x", three_folds)])
