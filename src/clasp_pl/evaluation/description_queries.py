@@ -13,6 +13,10 @@ Two measures per query, averaged over queries (:class:`QueryScores`):
 - **R@10**: relevant structures in the top 10 over ``min(10, n_relevant)`` (1.0 when the top 10
   holds as many relevant structures as it can).
 
+The lexical baseline (:class:`~clasp_pl.search.lexical.LexicalIndex`) has no formula to match,
+but it reads element words: "oxide" names O, "sulfate" S and O, "silicate" Si and O, so it ranks
+structures holding those elements first; it knows nothing of the crystal system.
+
 Random ranking is given by its expectation: for ``R`` relevant among ``N``,
 ``E[AP] = (1/N) sum_{i=1..N} (1 + (i-1)(R-1)/(N-1)) / i`` (a relevant item at rank ``i`` has
 ``(i-1)(R-1)/(N-1)`` other relevant items above it on average) and
