@@ -12,6 +12,8 @@ NUM_NODES ?=
 DEVICES  ?=
 CKPT     ?=
 SPLIT    ?= test
+FOLDS    ?= 5
+CV_OUT   ?= runs/cv/default
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
@@ -19,7 +21,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 PRETRAIN_CONFIGS := --preset pretrain
 
-.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval finetune probe bench test lint clean-cache
+.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval cv finetune probe bench test lint clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +51,9 @@ slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit
 
 eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default the best of runs/pretrain; SPLIT=test|val)
 	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)
+
+cv: install  ## k-fold by paper: one model per fold, mean ± std per row into CV_OUT (FOLDS=5 ARGS="--row 'composition=--preset composition'" CONFIG=)
+	$(BIN)/clasp cv --folds $(FOLDS) --out $(CV_OUT) $(PRETRAIN_CONFIGS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 finetune: install  ## fine-tune the pretrained crystal encoder on a property (CONFIG=conf/finetune_crystal_system.yaml ARGS="--model.init_from null")
 	$(BIN)/clasp finetune fit --config $(or $(CONFIG),conf/finetune.yaml) $(ARGS)

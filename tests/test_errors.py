@@ -15,20 +15,9 @@ import torch
 from clasp_pl.cli import main as clasp
 from clasp_pl.search.index import write_index
 from helpers.data import REPO
+from helpers.fit import TINY_FIT
 
-TINY_FIT = [
-    "fit",
-    "--config",
-    str(REPO / "conf/trainer/cpu.yaml"),
-    "--config",
-    str(REPO / "conf/data/amcsd.yaml"),
-    "--config",
-    str(REPO / "conf/model/clasp.yaml"),
-    "--config",
-    str(REPO / "conf/model/tiny.yaml"),
-    "--trainer.max_steps",
-    "1",
-]
+TINY_FIT = [*TINY_FIT, "--trainer.max_steps", "1"]
 
 
 def one_error_line(capsys) -> str:

@@ -21,6 +21,7 @@ from clasp_pl.evaluation.split import SplitEmbeddings, split_lexical_scores
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.alpha_store import DEFAULT_ALPHA, load_alpha
 from helpers.data import REPO
+from helpers.fit import TINY_FIT
 from helpers.lightning import save_lightning_checkpoint
 
 KEYWORDS_YAML = REPO / "conf/eval/amcsd_keywords.yaml"
@@ -48,15 +49,7 @@ def in_run_folder(trained_run, monkeypatch):
 def fit(records_file):
     main(
         [
-            "fit",
-            "--config",
-            str(REPO / "conf/trainer/cpu.yaml"),
-            "--config",
-            str(REPO / "conf/data/amcsd.yaml"),
-            "--config",
-            str(REPO / "conf/model/clasp.yaml"),
-            "--config",
-            str(REPO / "conf/model/tiny.yaml"),
+            *TINY_FIT,
             "--data.records",
             str(records_file),
             "--data.split_fractions",
@@ -110,7 +103,30 @@ def test_eval_writes_table_with_baselines_and_plots(trained_run):
         "embedding_map.html",
     ):
         assert (out / name).stat().st_size > 0, name
-    assert "lexical" in (out / "metrics.md").read_text()
+    text = (out / "metrics.md").read_text()
+    assert "lexical" in text
+    ceiling = report["pair_ceiling"]
+    assert f"pair_R@10 {ceiling['pair_R@10']:.3f}" in text
+    for name, intervals in report["intervals"].items():  # every ranked row, every R@k
+        assert len(intervals) == 2 * 2 * 3
+        for key, (low, high) in intervals.items():
+            assert low <= methods[name][key] <= high, (name, key)
+        for direction in ("t2s", "s2t"):  # no ranking passes the split's ceiling
+            assert methods[name][f"{direction}_pair_R@10"] <= ceiling["pair_R@10"] + 1e-9
+    model = methods["CLaSP (this checkpoint)"]["t2s_pair_R@10"]
+    low, high = report["intervals"]["CLaSP (this checkpoint)"]["t2s_pair_R@10"]
+    assert f"{model:.3f} [{low:.3f}, {high:.3f}]" in text
+    descriptions = report["description_queries"]
+    assert all(n >= descriptions["min_relevant"] for n in descriptions["queries"].values())
+    if descriptions["queries"]:  # 16 test pairs here: maybe no label pair is frequent enough
+        assert set(descriptions["rows"]) == {
+            "CLaSP (query text embedding vs structures)",
+            "lexical (formulas/elements in the query)",
+            "random (expected)",
+        }
+    else:
+        assert not descriptions["rows"] and "No label pair has enough" in text
+    assert "Description queries" in text and (out / "keyword_scores.npz").is_file()
 
 
 def test_alpha_is_stored_per_checkpoint_file(trained_run):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from clasp_pl.evaluation.bootstrap import Interval, PaperResamples, recall_intervals
+from clasp_pl.evaluation.ceiling import identical_caption_sizes, pair_recall_ceiling
 from clasp_pl.evaluation.metrics import (
     bidirectional_metrics,
     bidirectional_ranks,
@@ -198,3 +201,59 @@ def test_input_validation() -> None:
         retrieval_metrics(emb, torch.zeros(2, 4), groups, groups, torch.arange(2))
     with pytest.raises(ValueError):
         retrieval_metrics(emb, emb, groups, groups, torch.tensor([0, 2]))
+
+
+def test_paper_bootstrap_of_two_papers_matches_the_hand_computed_interval():
+    """Papers A (2 hits of 2 pairs) and B (0 of 1). A resample draws two papers: AA (mean 1,
+    p 1/4), AB or BA (2/3, p 1/2), BB (0, p 1/4). With 4000 resamples the 2.5% and 97.5%
+    percentiles fall inside the BB and AA masses: the interval is [0, 1]; the 30%..70% one is
+    [2/3, 2/3]."""
+    hits = torch.tensor([1.0, 1.0, 0.0])
+    resamples = PaperResamples(torch.tensor([7, 7, 3]), n_resamples=4000, seed=0)
+    assert resamples.mean_interval(hits) == Interval(0.0, 1.0)
+    assert resamples.mean_interval(hits, level=0.4) == pytest.approx((2 / 3, 2 / 3))
+    means = [hits[torch.from_numpy(items)].mean().item() for items in resamples.item_indices()]
+    share = {v: np.mean(np.isclose(means, v)) for v in (0.0, 2 / 3, 1.0)}
+    assert share == pytest.approx({0.0: 0.25, 2 / 3: 0.5, 1.0: 0.25}, abs=0.03)
+
+
+def test_paper_bootstrap_equals_an_independent_numpy_computation():
+    """Same seed: numpy's draws of papers, the mean over the drawn papers' pairs, percentiles."""
+    groups = torch.tensor([5, 5, 5, 9, 2, 2, 8, 8, 8, 8])
+    ranks = torch.tensor([1, 3, 12, 2, 1, 7, 30, 1, 4, 9])
+    resamples = PaperResamples(groups, n_resamples=500, seed=11)
+    got = recall_intervals(ranks, resamples, (5,))["R@5"]
+    papers = np.unique(groups.numpy())
+    draws = np.random.default_rng(11).integers(0, len(papers), size=(500, len(papers)))
+    means = []
+    for draw in draws:
+        rows = np.concatenate([np.flatnonzero(groups.numpy() == papers[p]) for p in draw])
+        means.append(np.mean(ranks.numpy()[rows] <= 5))
+    assert got == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    by_statistic = resamples.statistic_interval(lambda rows: np.mean(ranks.numpy()[rows] <= 5))
+    assert by_statistic == pytest.approx(got)
+
+
+def test_pair_ceiling_of_identical_captions():
+    """Captions: one of 3 identical, one of 2, one alone. For k=1 each caption's block has one
+    hit: (1 + 1 + 1) / 6; for k=2: (2 + 2 + 1) / 6; k=3: all."""
+    captions = ["x", "x", "x", "y", "y", "z"]
+    assert identical_caption_sizes(captions).tolist() == [3, 3, 3, 2, 2, 1]
+    ceiling = pair_recall_ceiling(captions, (1, 2, 3))
+    assert ceiling == pytest.approx({"pair_R@1": 3 / 6, "pair_R@2": 5 / 6, "pair_R@3": 1.0})
+
+
+def test_the_ceiling_bounds_a_model_that_ranks_each_captions_structures_first():
+    """Identical text embeddings for identical captions, structures next to their caption: the
+    pair R@k reaches the ceiling and cannot pass it."""
+    captions = ["x", "x", "x", "y", "y", "z"]
+    caption_vec = {"x": [1.0, 0, 0], "y": [0, 1.0, 0], "z": [0, 0, 1.0]}
+    text = torch.tensor([caption_vec[c] for c in captions])
+    crystal = text + 0.01 * torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    crystal = torch.nn.functional.normalize(crystal, dim=-1)
+    metrics = retrieval_metrics(
+        text, crystal, torch.arange(6), torch.arange(6), torch.arange(6), ks=(1, 2)
+    )
+    ceiling = pair_recall_ceiling(captions, (1, 2))
+    assert metrics["pair_R@1"] == pytest.approx(ceiling["pair_R@1"])
+    assert metrics["pair_R@2"] == pytest.approx(ceiling["pair_R@2"])

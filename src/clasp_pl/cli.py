@@ -54,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("data", "clasp_pl.commands.data", "CIFs, tables or AMCSD -> records; keywords"),
     Command("eval", "clasp_pl.commands.eval", "retrieval and screening report of a checkpoint"),
+    Command("cv", "clasp_pl.commands.cv", "k-fold by paper: one model per fold, mean ± std; table"),
     Command("probe", "clasp_pl.commands.probe", "linear probes: pretrained vs random encoder"),
     Command("embed", "clasp_pl.commands.embed", "structures -> a searchable embedding index"),
     Command("search", "clasp_pl.commands.search", "text or CIF queries -> ranked structures"),

@@ -191,6 +191,10 @@ class CrystalTextDataModule(SplitDataModule):
         graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
         split_fractions: train/val/test fractions of *papers* (groups).
         split_seed: seed of the by-paper split.
+        num_folds: K for a k-fold split by paper (:func:`~clasp_pl.data.split.split_indices`:
+            test = fold ``fold``, val = the share ``split_fractions[1]`` of the other papers);
+            None for the ``split_fractions`` split.
+        fold: the fold of a k-fold split.
         batch_size: training pairs per process per step.
         eval_batch_size: pairs per batch in validation/test.
         num_workers: DataLoader workers.
@@ -212,6 +216,8 @@ class CrystalTextDataModule(SplitDataModule):
         graph: GraphConfig = GraphConfig(),
         split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
         split_seed: int = 0,
+        num_folds: int | None = None,
+        fold: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -237,6 +243,8 @@ class CrystalTextDataModule(SplitDataModule):
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
         self.max_length = max_length
+        self.num_folds = num_folds
+        self.fold = fold
         self.datasets: dict[str, CrystalTextDataset] = {}
         self.pad_token_id = 0
 
@@ -297,7 +305,13 @@ class CrystalTextDataModule(SplitDataModule):
             if not finite.all():
                 log.info("%d structures have no composition features; left out", (~finite).sum())
             usable &= finite
-        parts = split_indices(graphs.field("group_id"), self.split_fractions, self.split_seed)
+        parts = split_indices(
+            graphs.field("group_id"),
+            self.split_fractions,
+            self.split_seed,
+            self.num_folds,
+            self.fold,
+        )
         self.datasets = {
             name: CrystalTextDataset(graphs, tokens, ids[usable[ids]], per_record)
             for name, ids in parts.items()

@@ -12,12 +12,16 @@ paper), embeds the split, and writes into ``OUT`` (default: ``<run>/eval-<split>
   test-split evaluation with the checkpoint's own captions stores α beside the checkpoint as
   ``<checkpoint>.alpha.json``, tied to the checkpoint file by its sha256 (``clasp search`` uses
   it); on ``--split val`` the hybrid row is in-sample (α was chosen on the same pairs);
+  Every Recall@k has a 95% bootstrap interval over papers (:mod:`clasp_pl.evaluation.bootstrap`);
+  the report gives the split's pair Recall@k ceiling (:mod:`clasp_pl.evaluation.ceiling`) and the
+  description queries ("a monoclinic sulfate", :mod:`clasp_pl.evaluation.description_queries`);
 - ``recall_at_k.png``: Recall@k curves, both directions, model vs baselines;
 - ``embedding_map_crystal_system.png`` / ``embedding_map_keywords.png``: t-SNE maps of the
   structure embeddings coloured by crystal system and by keyword category;
 - ``embedding_map.html``: the same structures as an interactive map (hover for id, formula,
   space group, mineral and title; one self-contained file that opens offline);
-- ``screening.md`` and ``zero_shot_roc.png``: keyword screening (zero-shot classification).
+- ``screening.md`` and ``zero_shot_roc.png``: keyword screening (zero-shot classification), and
+  ``keyword_scores.npz``, each structure's keyword scores and labels (``clasp cv`` pools them).
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from clasp_pl.evaluation.baselines import (
     random_row,
     untrained_ranks,
 )
+from clasp_pl.evaluation.bootstrap import N_RESAMPLES, PaperResamples, bidirectional_intervals
+from clasp_pl.evaluation.ceiling import pair_recall_ceiling
+from clasp_pl.evaluation.description_queries import evaluate_description_queries
 from clasp_pl.evaluation.hybrid import choose_split_alpha, hybrid_ranks, hybrid_row_name
 from clasp_pl.evaluation.metrics import summarise_bidirectional
 from clasp_pl.evaluation.screening import keyword_labels
 from clasp_pl.evaluation.split import (
+    SplitEmbeddings,
     embed_split,
     load_datamodule,
     split_lexical_scores,
@@ -76,6 +84,8 @@ class EvalOptions:
         composition_ckpt: composition-only baseline; it must exist and share the split.
         composition_run: without ``composition_ckpt``, the run whose best checkpoint is the
             baseline when it shares the split (else its row is left out, with a warning).
+        n_resamples: paper-bootstrap resamples of the Recall@k intervals (seeded by ``seed``).
+        maps: also write the t-SNE maps (PNG and HTML); ``clasp cv`` leaves them out.
     """
 
     ckpt: Path
@@ -88,6 +98,8 @@ class EvalOptions:
     caption_fields: tuple[str, ...] | None = None
     composition_ckpt: Path | None = None
     composition_run: Path | None = None
+    n_resamples: int = N_RESAMPLES
+    maps: bool = True
 
     @property
     def report_dir(self) -> Path:
@@ -146,7 +158,15 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         **({COMPOSITION_ROW: composition} if composition is not None else {}),
     }
     rows = {name: summarise_bidirectional(r, options.ks) for name, r in all_ranks.items()}
+    resamples = PaperResamples(embeddings.groups, options.n_resamples, options.seed)
+    intervals = {
+        name: {key: list(i) for key, i in bidirectional_intervals(r, resamples, options.ks).items()}
+        for name, r in all_ranks.items()
+    }
     rows["random (expected)"] = random_row(embeddings.groups, options.ks)
+    descriptions = evaluate_description_queries(
+        model, embeddings.crystal, embeddings.records, datamodule.max_length
+    )
     metrics = {
         "checkpoint": str(ckpt),
         "split": split,
@@ -156,11 +176,36 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         "hybrid_alpha_val_group_R@10": alpha_grid,
         "hybrid_alpha_file": alpha_file,
         "methods": rows,
+        "intervals": intervals,
+        "interval_note": f"95% percentile bootstrap over papers, {options.n_resamples} resamples",
+        "pair_ceiling": pair_recall_ceiling(embeddings.captions, options.ks),
+        "description_queries": {
+            "queries": descriptions.queries,
+            "min_relevant": descriptions.min_relevant,
+            "rows": {name: row._asdict() for name, row in descriptions.rows.items()},
+        },
     }
-    report.write_retrieval(metrics, all_ranks, out_dir)
+    report.write_retrieval(metrics, all_ranks, out_dir, descriptions)
     labels = (
         keyword_labels(embeddings.captions, keyword_config["keywords"]) if keyword_config else {}
     )
+    if options.maps:
+        write_maps(embeddings, labels, out_dir, options)
+    if keyword_config:
+        metrics["screening"] = screen_keywords(
+            model, embeddings, keyword_config, labels, datamodule.max_length, out_dir
+        )
+    report.write_metrics_json(metrics, out_dir)
+    return metrics
+
+
+def write_maps(
+    embeddings: SplitEmbeddings,
+    labels: dict[str, torch.Tensor],
+    out_dir: Path,
+    options: EvalOptions,
+) -> None:
+    """The t-SNE maps of the split's structures: two PNGs and :data:`EMBEDDING_MAP`."""
     plots.embedding_maps(embeddings.crystal, embeddings.records, labels, out_dir, options.seed)
     write_embedding_map(
         embeddings.crystal,
@@ -169,9 +214,3 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         cache_dir=out_dir / "map-cache",
         title=f"CLaSP structure embeddings, {options.split} split (t-SNE)",
     )
-    if keyword_config:
-        metrics["screening"] = screen_keywords(
-            model, embeddings, keyword_config, labels, datamodule.max_length, out_dir
-        )
-    report.write_metrics_json(metrics, out_dir)
-    return metrics

@@ -20,13 +20,20 @@ from clasp_pl.data.records import CrystalRecord  # noqa: E402
 DIRECTIONS = {"t2s": "text → structure", "s2t": "structure → text"}
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str], info: dict) -> str:
-    """Both directions' metrics, one row per method."""
+def markdown_table(
+    rows: Mapping[str, Mapping[str, float]],
+    keys: Sequence[str],
+    info: dict,
+    intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+) -> str:
+    """Both directions' metrics, one row per method; a metric with an interval in
+    ``intervals[method][key]`` (``(low, high)``) is printed ``value [low, high]``."""
     lines = [
         f"Split `{info['split']}`: {info['n_pairs']} structure-text pairs from {info['n_papers']} "
         f"papers; checkpoint `{info['checkpoint']}`.",
         "",
     ]
+    intervals = intervals or {}
     for direction, label in DIRECTIONS.items():
         lines += [
             f"**{label}**",
@@ -35,10 +42,20 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str],
             "|---|" + "---|" * len(keys),
         ]
         for name, metrics in rows.items():
-            cells = [_fmt(metrics.get(f"{direction}_{key}")) for key in keys]
+            bounds = intervals.get(name, {})
+            cells = [
+                _fmt_interval(metrics.get(f"{direction}_{key}"), bounds.get(f"{direction}_{key}"))
+                for key in keys
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _fmt_interval(value: float | None, bounds: Sequence[float] | None) -> str:
+    if bounds is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
 def _fmt(value: float | None) -> str:

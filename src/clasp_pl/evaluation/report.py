@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from clasp_pl.evaluation import plots
+from clasp_pl.evaluation.description_queries import DescriptionReport, description_table
 from clasp_pl.evaluation.metrics import BidirectionalRanks, summarise_ranks
 from clasp_pl.evaluation.screening import ScreeningResult
 
@@ -34,11 +35,23 @@ def default_out_dir(ckpt: Path, split: str, caption_fields: Sequence[str] | None
 
 
 def write_retrieval(
-    report: Mapping[str, Any], ranks: Mapping[str, BidirectionalRanks], out_dir: Path
+    report: Mapping[str, Any],
+    ranks: Mapping[str, BidirectionalRanks],
+    out_dir: Path,
+    descriptions: DescriptionReport,
 ) -> None:
-    """Write ``metrics.md`` (the report's ``methods`` table) and ``recall_at_k.png`` (pair
-    Recall@k for k = 1..50 of every ranked method)."""
-    (out_dir / "metrics.md").write_text(plots.markdown_table(report["methods"], TABLE_KEYS, report))
+    """Write ``metrics.md`` (the report's ``methods`` table with its intervals, the split's pair
+    Recall@k ceiling and the description queries) and ``recall_at_k.png`` (pair Recall@k for
+    k = 1..50 of every ranked method)."""
+    table = plots.markdown_table(report["methods"], TABLE_KEYS, report, report["intervals"])
+    ceiling = ", ".join(f"{key} {value:.3f}" for key, value in report["pair_ceiling"].items())
+    notes = [
+        f"Intervals: {report['interval_note']}.",
+        f"Pair Recall@k ceiling of this split ({ceiling}): structures sharing an identical "
+        "caption cannot be told apart; the best ranking gets min(k, s)/s of a caption's s pairs.",
+        "",
+    ]
+    (out_dir / "metrics.md").write_text("\n".join([table, *notes, description_table(descriptions)]))
     curves = {
         name: {
             direction: summarise_ranks(pair_group[0], CURVE_KS)

@@ -14,6 +14,7 @@ import yaml
 
 from clasp_pl.api import embed_texts
 from clasp_pl.evaluation import report
+from clasp_pl.evaluation.keyword_scores import KEYWORD_SCORES, KeywordScores
 from clasp_pl.evaluation.screening import keyword_scores, keyword_screening
 from clasp_pl.evaluation.split import SplitEmbeddings
 from clasp_pl.models.clasp import CLaSPModule
@@ -62,9 +63,11 @@ def screen_keywords(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Keyword screening of all structures and of a balanced subset, scored by the max cosine
-    over each keyword's prompts; writes ``screening.md`` and ``zero_shot_roc.png`` and returns
-    the report's screening part."""
+    over each keyword's prompts; writes ``screening.md``, ``zero_shot_roc.png`` and
+    :data:`~clasp_pl.evaluation.keyword_scores.KEYWORD_SCORES` and returns the report's
+    screening part."""
     scores = keyword_scores(embeddings.crystal, prompt_embeddings(model, config, max_length))
+    KeywordScores.of(scores, labels, embeddings.groups).save(out_dir / KEYWORD_SCORES)
     min_positives = int(config.get("min_positives", 5))
     result = keyword_screening(scores, labels, min_positives=min_positives)
     balanced = keyword_screening(scores, labels, min_positives=min_positives, downsample=True)
