@@ -1,4 +1,5 @@
-"""Composition and symmetry descriptors: the input of the composition-only baseline tower.
+"""Composition and symmetry descriptors: the input of the composition-only baseline tower and
+of the fused tower's composition branch.
 
 What does the crystal graph add beyond composition? The baseline answers it with a fixed-length
 vector per structure (no graph):

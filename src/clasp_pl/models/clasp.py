@@ -208,8 +208,8 @@ class CLaSPModule(L.LightningModule):
 
     # ----------------------------------------------------------------- embeddings
     def encode_crystals(self, batch: GraphBatch | PairBatch) -> torch.Tensor:
-        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only tower reads a
-        pair batch's ``composition_features``)."""
+        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only and fused
+        towers read a pair batch's ``composition_features``)."""
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
