@@ -305,13 +305,40 @@ def test_composition_only_tower_trains_on_descriptors(records_file, tmp_path):
     torch.testing.assert_close(fractions, torch.ones(16))
     module = CLaSPModule(
         text=TextConfig(model="tiny-random", freeze=True),
-        heads=HeadsConfig(embed_dim=16),
+        heads=HeadsConfig(embed_dim=16, crystal_hidden=[32], activation="gelu", dropout=0.1),
         crystal_encoder="composition",
     )
+    tower_out = module.crystal_tower(batch)  # the descriptor, fractions x 10
+    torch.testing.assert_close(tower_out[:, :100].sum(1), torch.full((16,), 10.0))
+    torch.testing.assert_close(tower_out[:, 100:], batch["composition_features"][:, 100:])
     crystal, text = module(batch)
     module.loss_fn(crystal, text, batch["group_ids"]).backward()
     assert crystal.shape == (16, 16)
-    assert module.crystal_tower.mlp[0].weight.grad is not None
+    assert module.crystal_head.mlp[0].weight.grad.abs().sum() > 0
+    kinds = [type(layer) for layer in module.crystal_head.mlp]
+    assert kinds == [torch.nn.Linear, torch.nn.GELU, torch.nn.Dropout, torch.nn.Linear]
+    without = dict(batch)
+    del without["composition_features"]
+    with pytest.raises(KeyError, match="data.composition_features=true"):
+        module.encode_crystals(without)
+
+
+def test_no_warmup_and_a_floor_of_one_is_a_constant_learning_rate(records_file, tmp_path):
+    """``warmup_steps: 0, min_lr_ratio: 1.0`` (the composition baseline's "no schedule"): every
+    step at the peak learning rate."""
+    text = TextConfig(model="tiny-random", freeze=True)
+    module = tiny_module(text)
+    module.optim = OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0)
+    seen: list[float] = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.callbacks.append(RecordLR())
+    trainer.fit(module, data_module(records_file, tmp_path, text))
+    assert len(seen) >= 4 and seen == [3e-3] * len(seen)
 
 
 def test_checkpoints_that_name_the_old_text_config_module_still_load(tmp_path, monkeypatch):

@@ -44,10 +44,12 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "pretrain": PRETRAIN,
     "smoke": (*PRETRAIN, "trainer/debug.yaml", "model/tiny.yaml"),
     "composition": (*PRETRAIN, "model/composition.yaml"),
+    "fused": (*PRETRAIN, "model/fused.yaml"),
 }
 """``--preset NAME``: the packaged configs (under :data:`~clasp_pl.resources.CONF_DIR`) it
 composes, in order: ``pretrain`` is ``make pretrain``'s run, ``smoke`` a seconds-long run of the
-tiny model under ``runs/debug``, ``composition`` the composition-only baseline."""
+tiny model under ``runs/debug``, ``composition`` the tuned composition-only baseline, ``fused``
+the default run with the fused crystal tower (graph + composition + symmetry)."""
 PRESET_FLAG = "--preset"
 
 

@@ -1,4 +1,5 @@
-"""Composition and symmetry descriptors: the input of the composition-only baseline tower.
+"""Composition and symmetry descriptors: the input of the composition-only baseline tower and
+of the fused tower's composition branch.
 
 What does the crystal graph add beyond composition? The baseline answers it with a fixed-length
 vector per structure (no graph):
@@ -31,6 +32,15 @@ N_SPACE_GROUPS = 230
 # Element slots Z = 1..100: the elements a crystal graph can hold too, so that the baseline and
 # the graph tower see the same structures.
 COMPOSITION_DIM = CGCNN_MAX_Z + N_SPACE_GROUPS + 3
+FRACTIONS = slice(0, CGCNN_MAX_Z)
+"""Descriptor columns of the element fractions (column ``Z - 1``)."""
+SPACE_GROUP = slice(CGCNN_MAX_Z, CGCNN_MAX_Z + N_SPACE_GROUPS)
+"""Descriptor columns of the space-group one-hot (column ``number - 1``)."""
+SCALARS = slice(CGCNN_MAX_Z + N_SPACE_GROUPS, COMPOSITION_DIM)
+"""Descriptor columns of log(sites), volume per atom / 20 Å^3 and density / 5 g/cm^3."""
+CRYSTAL_SYSTEM_FIRST_GROUP = (1, 3, 16, 75, 143, 168, 195)
+"""The lowest space-group number of each crystal system, in the order of
+:data:`clasp_pl.data.labels.CRYSTAL_SYSTEMS` (triclinic 1-2 ... cubic 195-230)."""
 # Part of the composition cache's key: bump it whenever the layout or scaling above changes.
 COMPOSITION_FORMAT_VERSION = 2  # 1: sites counted by their dominant element; 2: occupancies
 
@@ -50,11 +60,15 @@ def composition_features(structure: Structure, symprec: float = 0.1) -> np.ndarr
     if numbers.min(initial=1) < 1:  # pymatgen's dummy species have no atomic number
         raise ValueError("a dummy species has no composition slot")
     atoms = composition.num_atoms
-    features[numbers - 1] = [composition[element] / atoms for element in composition.elements]
+    features[FRACTIONS][numbers - 1] = [
+        composition[element] / atoms for element in composition.elements
+    ]
     group = space_group(structure, symprec)
     if group is not None:  # a failed symmetry search only loses this part
-        features[CGCNN_MAX_Z + group.number - 1] = 1.0
-    features[-3] = np.log(len(structure))
-    features[-2] = structure.volume / atoms / 20.0
-    features[-1] = structure.density / 5.0
+        features[SPACE_GROUP][group.number - 1] = 1.0
+    features[SCALARS] = [
+        np.log(len(structure)),
+        structure.volume / atoms / 20.0,
+        structure.density / 5.0,
+    ]
     return features

@@ -17,21 +17,24 @@ from clasp_pl.data.batch import GraphBatch, PairBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
-from clasp_pl.models.composition import CompositionMLP
-from clasp_pl.models.heads import ProjectionHead
+from clasp_pl.models.composition import CompositionFeatures
+from clasp_pl.models.fused import FusedConfig, FusedCrystalTower
+from clasp_pl.models.heads import Activation, ProjectionHead
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.tower import TextTower
 
 
 @dataclass
 class HeadsConfig:
-    """Projection heads into the shared embedding space (``embed_dim``-d, L2-normalised)."""
+    """Projection heads into the shared embedding space (``embed_dim``-d, L2-normalised): MLPs
+    of the given hidden widths (:func:`clasp_pl.models.heads.mlp`)."""
 
     embed_dim: int = 256
     crystal_hidden: list[int] = field(default_factory=list)
     text_hidden: list[int] = field(default_factory=list)
     batch_norm: bool = False
     dropout: float = 0.0
+    activation: Activation = "relu"
 
 
 @dataclass
@@ -49,7 +52,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio`` of the peak.
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio`` of the peak
+    (``warmup_steps: 0`` with ``min_lr_ratio: 1.0`` is a constant learning rate: no schedule).
 
     Attributes:
         lr: peak learning rate of the crystal tower, the heads and the loss's scale.
@@ -72,9 +76,34 @@ OMITTED_TEXT_WEIGHTS = "text_tower_weights"  # checkpoint key: which frozen weig
 # Checkpoints store these configs in their hyper-parameters; allow them under weights_only loads.
 # Checkpoints written before the text package existed name TextConfig by its old module.
 torch.serialization.add_safe_globals(
-    [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig]
+    [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig, FusedConfig]
     + [(TextConfig, "clasp_pl.text_models.TextConfig")]
 )
+
+
+CrystalTower = CGCNN | CompositionFeatures | FusedCrystalTower
+
+
+def crystal_tower(
+    encoder: Literal["cgcnn", "composition", "fused"],
+    crystal: CGCNNConfig,
+    graph: GraphConfig,
+    fused: FusedConfig,
+) -> CrystalTower:
+    """The crystal tower ``model.crystal_encoder`` names: ``cgcnn`` (the graph alone),
+    ``composition`` (the descriptor alone, the baseline) or ``fused`` (both). The last two read
+    the batches' composition descriptors (``data.composition_features: true``).
+
+    Raises:
+        ValueError: another name.
+    """
+    if encoder == "cgcnn":
+        return CGCNN(crystal, graph)
+    if encoder == "composition":
+        return CompositionFeatures()
+    if encoder == "fused":
+        return FusedCrystalTower(crystal, graph, fused)
+    raise ValueError(f"unknown crystal_encoder {encoder!r}: cgcnn, composition or fused")
 
 
 class CLaSPModule(L.LightningModule):
@@ -82,6 +111,9 @@ class CLaSPModule(L.LightningModule):
 
     Batches are :class:`~clasp_pl.data.batch.PairBatch` dicts. Embeddings are ``[B, embed_dim]``
     and L2-normalised; their dot product is the cosine similarity.
+
+    ``crystal_encoder`` picks the crystal tower (:func:`crystal_tower`); ``crystal`` sizes its
+    CGCNN (``cgcnn``, ``fused``), ``fused`` the fused tower's composition branch and fusion layer.
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
@@ -108,7 +140,8 @@ class CLaSPModule(L.LightningModule):
         heads: HeadsConfig = HeadsConfig(),
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
-        crystal_encoder: Literal["cgcnn", "composition"] = "cgcnn",
+        crystal_encoder: Literal["cgcnn", "composition", "fused"] = "cgcnn",
+        fused: FusedConfig = FusedConfig(),
         text_max_length: int | None = None,
         init_from: str | None = None,
     ):
@@ -124,12 +157,15 @@ class CLaSPModule(L.LightningModule):
             as_config(LossConfig, loss),
             as_config(OptimConfig, optim),
         )
-        if crystal_encoder == "composition":  # baseline: needs data.composition_features=true
-            self.crystal_tower = CompositionMLP(crystal.h_fea_len)
-        else:
-            self.crystal_tower = CGCNN(crystal, graph)
+        self.crystal_tower = crystal_tower(
+            crystal_encoder, crystal, graph, as_config(FusedConfig, fused)
+        )
         self.text_tower = TextTower(text)
-        head_args = {"batch_norm": heads.batch_norm, "dropout": heads.dropout}
+        head_args = {
+            "batch_norm": heads.batch_norm,
+            "dropout": heads.dropout,
+            "activation": heads.activation,
+        }
         self.crystal_head = ProjectionHead(
             self.crystal_tower.out_dim, heads.embed_dim, heads.crystal_hidden, **head_args
         )
@@ -172,8 +208,8 @@ class CLaSPModule(L.LightningModule):
 
     # ----------------------------------------------------------------- embeddings
     def encode_crystals(self, batch: GraphBatch | PairBatch) -> torch.Tensor:
-        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only tower reads a
-        pair batch's ``composition_features``)."""
+        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only and fused
+        towers read a pair batch's ``composition_features``)."""
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
