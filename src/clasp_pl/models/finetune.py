@@ -137,6 +137,7 @@ class PropertyModule(L.LightningModule):
                 heads.crystal_hidden,
                 batch_norm=heads.batch_norm,
                 dropout=heads.dropout,
+                activation=heads.activation,
             )
             width = heads.embed_dim
         if state:
@@ -161,6 +162,12 @@ class PropertyModule(L.LightningModule):
         path: str,
     ) -> tuple[CGCNNConfig, GraphConfig, HeadsConfig]:
         """The checkpoint's tower, graph and head configs; refuses settings that contradict it."""
+        encoder = hparams.get("crystal_encoder", "cgcnn")
+        if encoder != "cgcnn":
+            raise ValueError(
+                f"{path} has a {encoder!r} crystal tower; fine-tuning starts from a CGCNN tower "
+                "(model.crystal_encoder: cgcnn)"
+            )
         found_crystal = as_config(CGCNNConfig, hparams["crystal"])
         found_graph = as_config(GraphConfig, hparams["graph"])
         found_heads = as_config(HeadsConfig, hparams["heads"])
