@@ -16,7 +16,7 @@ built (numpy and Python allocations; pymatgen's neighbour list is numpy).
 
 ``--chgnet N`` adds one line: frozen CHGNet crystal features
 (:mod:`clasp_pl.data.chgnet_features`, the optional extra) of the first N default records,
-structures/s with the model's own torch threads, graph building and forward timed apart.
+structures/s in one process with one torch thread, its graph building also timed alone.
 
 Usage: ``python bench/bench_featurize.py [--n 1000] [--large-count 4] [--large-only]
 [--chgnet N] [--out FILE]``
@@ -115,14 +115,12 @@ def large_cell_table(count: int, config: GraphConfig) -> str:
 def chgnet_line(n: int) -> str:
     """CHGNet crystal features of the first ``n`` default records: structures/s, all told and
     for its graph building alone."""
-    import torch
 
     from clasp_pl.data.chgnet_features import ChgnetFeatures
 
-    torch.set_num_threads(os.cpu_count() or 1)  # as the store builder runs it (not 1 thread)
     records = list(itertools.islice(iter_records(REPO / "data/amcsd_default.jsonl.gz"), n))
     structures = [record.to_ordered_structure() for record in records]
-    features = ChgnetFeatures(batch_size=32)
+    features = ChgnetFeatures(batch_size=32, threads=1)  # the store builder's default
     features(structures[:2])  # load the model, warm up
     graphs_rate = rate(lambda s: features.graphs([s]), structures)
     start = time.perf_counter()
@@ -130,7 +128,7 @@ def chgnet_line(n: int) -> str:
     total = len(structures) / (time.perf_counter() - start)
     return (
         f"CHGNet crystal features ({rows.shape[1]}-d, model {features.model_name}, batch 32, "
-        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}): "
+        f"{features.threads} torch thread, load average {os.getloadavg()[0]:.1f}): "
         f"**{total:.1f} structures/s** over the first {n} default records (median "
         f"{int(np.median([len(s) for s in structures]))} sites; {len(failures)} failed); its graph "
         f"building alone {graphs_rate:.1f}/s.\n"

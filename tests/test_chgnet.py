@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import pickle
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from clasp_pl.data import chgnet_features
 from clasp_pl.data.chgnet_features import (
@@ -45,7 +47,9 @@ def features() -> ChgnetFeatures:
 @pytest.mark.slow  # loads CHGNet and runs it on real structures
 def test_features_are_64d_deterministic_and_batch_independent(records, features):
     structures = [r.to_ordered_structure() for r in records]
+    threads = torch.get_num_threads()
     first, failures = features(structures)
+    assert torch.get_num_threads() == threads  # its one thread is set only while computing
     again, _ = features(structures)
     one_by_one = np.concatenate([features([s])[0] for s in structures])
 
@@ -101,6 +105,15 @@ def test_isolated_atom_is_a_reject_with_a_nan_row(tmp_path, records):
     assert [(r.id, r.reason) for r in rejects] == [("lone-au", "featurization_failed")]
     assert np.isfinite(store[0]["features"]).all()
     assert np.isnan(store[1]["features"]).all()
+
+
+@needs_chgnet
+def test_features_pickle_without_the_loaded_model(features):
+    """Store workers get the settings, not the model (each loads its own)."""
+    features.model  # noqa: B018 - loaded
+    copy = pickle.loads(pickle.dumps(features))
+    assert "model" not in vars(copy)
+    assert (copy.model_name, copy.batch_size, copy.threads) == ("0.3.0", 4, 1)
 
 
 def test_missing_chgnet_is_a_user_error(monkeypatch):
