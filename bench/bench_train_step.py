@@ -16,21 +16,37 @@ dense bf16 peak: ``--peak-tflops``, by default 989 for an H100/H200 and 312 for 
 GPUs: n/a unless given). In ``cached`` mode the tower does not run (only the text head does), so
 its MFU is n/a. Without a GPU it says so and exits.
 
+A second table (``--max-atoms 1000``) times forward+backward+AdamW step of the default CGCNN
+crystal tower alone (64/3/128, 8 Å, 12 neighbours) on batches of ``--large-count`` real default
+structures grown to about 200, 500 and 1,000 sites (:mod:`large_cells`), each size in a fresh
+process; the time is the median step after the first. Memory per structure, two ways, of the
+first step (activations, gradients, the new AdamW state): the peak resident memory it adds (Linux
+``VmHWM`` reset through ``/proc/self/clear_refs`` before it, minus ``VmRSS`` then; on a GPU the
+peak allocated CUDA memory added), and the bytes of the tensors autograd saves for backward
+(``saved_tensors_hooks``; a tensor saved twice counts twice), both divided by the batch size.
+
 Usage: ``python bench/bench_train_step.py [--steps 8] [--device cpu|cuda] [--peak-tflops T]
-[--out FILE]``
+[--large-count 4] [--large-only] [--out FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
+import os
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from clasp_pl.data.batch import collate_graphs
 from clasp_pl.data.datamodule import CrystalTextDataModule
+from clasp_pl.data.graphs import GraphConfig, structure_to_graph
+from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
 from clasp_pl.text.config import TextConfig
 
@@ -204,6 +220,109 @@ def table(results: dict[str, dict], device: str, batch_size: int, peak: str | No
     return "\n".join(lines) + "\n"
 
 
+def _status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in KiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as handle:
+            line = next(line for line in handle if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1])
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (``VmHWM``) to its current one (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def large_cell_step(size: int, count: int, steps: int, device: str) -> dict[str, float]:
+    """Time and memory of ``steps`` CGCNN training steps on ``count`` cells of about ``size``
+    sites (run in a fresh process: the peak memory is this size's alone)."""
+    from large_cells import large_sets  # bench/ is on the path when run as a script
+
+    torch.manual_seed(0)
+    config = GraphConfig()
+    structures = large_sets(count, (size,))[size]
+    batch = to(collate_graphs([vars(structure_to_graph(s, config)) for s in structures]), device)
+    tower = CGCNN(CGCNNConfig(), config).to(device).train()
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-4)
+
+    def step() -> int:
+        saved = 0
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = tower(batch)
+        out.sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return saved
+
+    synchronise(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = (_status_kib("VmRSS") or 0) * 1024 if _reset_peak_rss() else None
+    saved = step()  # the first step's peak: activations, gradients and the new AdamW state
+    synchronise(device)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = (_status_kib("VmHWM") or 0) * 1024 - before if before is not None else float("nan")
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "sites": batch["crystal_index"].numel() / count,
+        "edges": batch["edge_src"].numel() / count,
+        "step s": seconds,
+        "peak MiB per structure": peak / count / 2**20,
+        "saved MiB per structure": saved / count / 2**20,
+    }
+
+
+def large_cell_table(count: int, steps: int, device: str) -> str:
+    """The Markdown table of :func:`large_cell_step` at about 200, 500 and 1,000 sites."""
+    from large_cells import SIZES
+
+    memory = "peak CUDA MiB added" if device == "cuda" else "peak RSS MiB added"
+    lines = [
+        f"### CGCNN crystal tower training step on large cells ({device}, default tower 64/3/128,"
+        f" batch of {count} real default structures grown to each size, median of {steps} steps;"
+        f" load average {os.getloadavg()[0]:.1f} at the start)",
+        "",
+        f"| target sites | mean sites | mean edges | step s (fwd+bwd+AdamW) | structures/s "
+        f"| {memory} per structure | autograd-saved MiB per structure "
+        f"| batch 128 at this size, GiB ({memory.split(' MiB')[0]} × 128) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    spawn = multiprocessing.get_context("spawn")
+    for size in SIZES:
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            r = pool.submit(large_cell_step, size, count, steps, device).result()
+        lines.append(
+            f"| {size} | {r['sites']:.0f} | {r['edges']:.0f} | {r['step s']:.3f} "
+            f"| {count / r['step s']:.1f} | {r['peak MiB per structure']:.1f} "
+            f"| {r['saved MiB per structure']:.1f} "
+            f"| {r['peak MiB per structure'] * 128 / 1024:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
@@ -215,7 +334,13 @@ def main() -> int:
         help="the GPU's dense bf16 peak for the text MFU (default: 989 for H100/H200, 312 for "
         "A100; other GPUs: MFU n/a)",
     )
-    parser.add_argument("--out", help="append the Markdown table to this file")
+    parser.add_argument(
+        "--large-count", type=int, default=4, help="structures per batch in the large-cell table"
+    )
+    parser.add_argument(
+        "--large-only", action="store_true", help="only the large-cell table (no default data)"
+    )
+    parser.add_argument("--out", help="append the Markdown tables to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no GPU on this machine; skipped")
@@ -225,15 +350,19 @@ def main() -> int:
         gpu_name = torch.cuda.get_device_name()
         peak_tflops = args.peak_tflops or default_peak_tflops(gpu_name)
         peak = peak_note(gpu_name, peak_tflops)
-    results = {
-        mode: bench_mode(mode, args.steps, args.batch_size, args.device, peak_tflops)
-        for mode in MODES
-    }
-    report = table(results, args.device, args.batch_size, peak)
-    print(report)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(report + "\n")
+    reports = []
+    if not args.large_only:
+        results = {
+            mode: bench_mode(mode, args.steps, args.batch_size, args.device, peak_tflops)
+            for mode in MODES
+        }
+        reports.append(table(results, args.device, args.batch_size, peak))
+    reports.append(large_cell_table(args.large_count, args.steps, args.device))
+    for report in reports:
+        print(report)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(report + "\n")
     return 0
 
 

@@ -18,27 +18,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
+from clasp_pl.commands.options import DefaultsHelpFormatter, command_parser, default_of
 from clasp_pl.data.amcsd import build_default
-from clasp_pl.data.cif import CELL_ATOM_FACTOR, DEFAULT_MAX_ATOMS
+from clasp_pl.data.cif import CELL_ATOM_FACTOR
 from clasp_pl.data.cif_sites import OCCUPANCY_POLICIES
-from clasp_pl.data.ingest import (
-    DEFAULT_TIME_LIMIT,
-    DEFAULT_WORKER_MEMORY_GB,
-    IngestOptions,
-    ingest_folder,
-    ingest_table,
-)
+from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table
 from clasp_pl.data.keywords import DEFAULT_MAX_KEYWORDS, keywords_command
 from clasp_pl.data.shards import DEFAULT_SHARD_SIZE
 
+DEFAULT_BUILD_OUT = "data/amcsd_default.jsonl.gz"
+"""``build-default --out``: in a checkout, a symlink to the packaged default records."""
+
+
+def output_path(out: str) -> Path:
+    """Where a records file named ``out`` is written: a symlink is followed to its target, so
+    writing the file (and its ``.rejects.jsonl``/``.sha256`` siblings, which sit beside the
+    target) updates what the link points at and never replaces the link by a file."""
+    return Path(out).resolve()
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clasp data", description=__doc__.splitlines()[0])
+    parser = command_parser("clasp data", __doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    subcommand = {"formatter_class": DefaultsHelpFormatter}
 
-    ingest = commands.add_parser("ingest", help="CIF folder or CSV/JSONL table → records")
+    ingest = commands.add_parser(
+        "ingest", help="CIF folder or CSV/JSONL table → records", **subcommand
+    )
     source = ingest.add_mutually_exclusive_group(required=True)
     source.add_argument("--cifs", help="folder of CIF files, walked recursively")
     source.add_argument("--table", help="CSV or JSONL table with a cif or path column")
@@ -49,20 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--abstracts", help="CSV of DOI, File (COD id), Title, Abstract")
     ingest.add_argument("--out", required=True, help="records file (.jsonl.gz)")
     ingest.add_argument("--rejects", help="rejects JSONL (default: <out>.rejects.jsonl)")
-    ingest.add_argument("--reader", choices=("gemmi", "pymatgen"), default="gemmi")
+    ingest.add_argument(
+        "--reader", choices=("gemmi", "pymatgen"), default=default_of(IngestOptions, "reader")
+    )
     text = ingest.add_mutually_exclusive_group()
     text.add_argument("--require-text", dest="require_text", action="store_true", default=None)
     text.add_argument("--no-require-text", dest="require_text", action="store_false")
     ingest.add_argument(
         "--time-limit",
         type=float,
-        default=DEFAULT_TIME_LIMIT,
+        default=default_of(IngestOptions, "time_limit"),
         help="seconds per file before it is rejected as 'timeout' (0: no limit)",
     )
     ingest.add_argument(
         "--worker-memory-gb",
         type=float,
-        default=DEFAULT_WORKER_MEMORY_GB,
+        default=default_of(IngestOptions, "worker_memory_gb"),
         help="address space each worker process may add after its start-up, with --workers > 1;"
         " a file that needs more is rejected as 'out_of_memory' (0: no limit)",
     )
@@ -74,13 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ingest)
 
-    default = commands.add_parser("build-default", help="AMCSD database → default records")
+    default = commands.add_parser(
+        "build-default", help="AMCSD database → default records", **subcommand
+    )
     default.add_argument("--db", help="amcsd_cif1.db (default: the installed larixite's)")
-    default.add_argument("--out", default="data/amcsd_default.jsonl.gz")
+    default.add_argument(
+        "--out",
+        default=DEFAULT_BUILD_OUT,
+        help="records file; a symlink is written through (its target is updated)",
+    )
     _common(default)
 
     keywords = commands.add_parser(
-        "keywords", help="records → {id: [keywords]} JSON (offline YAKE stand-in for LLM keywords)"
+        "keywords",
+        help="records → {id: [keywords]} JSON (offline YAKE stand-in for LLM keywords)",
+        **subcommand,
     )
     keywords.add_argument("--records", required=True, help="records file (.jsonl.gz)")
     keywords.add_argument("--out", required=True, help="keywords JSON")
@@ -96,15 +115,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--occupancy",
         choices=OCCUPANCY_POLICIES,
-        default="mixed",
+        default=default_of(IngestOptions, "occupancy"),
         help="disordered sites: keep every element and occupancy (mixed), take the majority "
         "element (majority) or reject the structure (skip)",
     )
-    parser.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, help="sites kept")
+    parser.add_argument(
+        "--max-atoms",
+        type=int,
+        default=default_of(IngestOptions, "max_atoms"),
+        help="sites kept (a larger conventional cell is replaced by its primitive cell)",
+    )
     parser.add_argument(
         "--max-cell-atoms",
         type=int,
-        default=None,
+        default=default_of(IngestOptions, "max_cell_atoms"),
         help=f"atoms of the conventional cell, counted before merging (default "
         f"{CELL_ATOM_FACTOR} × --max-atoms)",
     )
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = build_default(
                 args.db,
-                args.out,
+                output_path(args.out),
                 max_atoms=args.max_atoms,
                 max_cell_atoms=args.max_cell_atoms,
                 occupancy=args.occupancy,
@@ -180,13 +204,13 @@ def _ingest(args: argparse.Namespace) -> dict[str, Any]:
     if args.cifs:
         return ingest_folder(
             args.cifs,
-            args.out,
+            output_path(args.out),
             metadata=args.metadata,
             cod_table=args.cod_table,
             abstracts=args.abstracts,
             **common,
         )
-    return ingest_table(args.table, args.out, **common)
+    return ingest_table(args.table, output_path(args.out), **common)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -30,6 +30,12 @@ def build_parser():
         "--dtype", choices=("float16", "float32"), default=default_of(EmbedOptions, "dtype")
     )
     parser.add_argument("--batch-size", type=int, default=default_of(EmbedOptions, "batch_size"))
+    parser.add_argument(
+        "--max-atoms",
+        type=int,
+        default=default_of(EmbedOptions, "max_atoms"),
+        help="sites kept per structure (as in clasp data ingest)",
+    )
     parser.add_argument("--device", default=default_device(), help="torch device")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         progress=args.progress,
+        max_atoms=args.max_atoms,
     )
     summary = build_index(args.ckpt, args.input, args.out, options, args.device)
     print(f"indexed {summary.indexed} of {summary.total} structures → {summary.out}")

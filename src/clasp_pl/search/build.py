@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from clasp_pl.api import embed_graphs, graph_config, load_model
+from clasp_pl.data.cif import DEFAULT_MAX_ATOMS
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table, parallel_map
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
@@ -42,6 +43,8 @@ class EmbedOptions:
         dtype: storage type of the embeddings.
         batch_size: structures per forward pass.
         progress: show progress bars.
+        max_atoms: sites kept per structure (a larger conventional cell is replaced by its
+            primitive cell, else rejected as ``too_many_atoms``; see :mod:`clasp_pl.data.cif`).
     """
 
     workers: int = 1
@@ -49,6 +52,7 @@ class EmbedOptions:
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = 128
     progress: bool = True
+    max_atoms: int = DEFAULT_MAX_ATOMS
 
 
 @dataclass
@@ -114,7 +118,7 @@ def build_index(
         source,
         out / RECORDS,
         rejects=out / REJECTS,
-        options=IngestOptions(require_text=options.require_text),
+        options=IngestOptions(require_text=options.require_text, max_atoms=options.max_atoms),
         workers=options.workers,
         progress=options.progress,
     )

@@ -1,0 +1,207 @@
+"""Frozen CHGNet crystal features: a pretrained crystal encoder as an optional extra.
+
+CHGNet (``pip install clasp_pl[chgnet]``; BSD-3, the pretrained weights ship inside the wheel,
+so nothing is downloaded) is a graph network trained on the Materials Project relaxation
+trajectories. Its crystal feature is the pooled readout of the last atom-convolution layer, the
+vector the energy head reads (``return_crystal_feas=True`` with ``task="e"``): ``[64]`` per
+structure, float32. :class:`ChgnetFeatures` computes it for batches of structures in eval mode
+without gradients; :func:`build_chgnet_feature_store` caches one ``[1, 64]`` item per record,
+like the frozen text features, keyed by the chgnet version, the model name and a fingerprint of
+its weights.
+
+Disorder: CHGNet takes ordered structures only. A disordered record is given as its ordered
+approximation :meth:`~clasp_pl.data.records.CrystalRecord.to_ordered_structure` (every site its
+dominant element at full occupancy; the record itself keeps its disorder). The store's key says
+so (``"structure": "ordered-dominant"``).
+
+A structure CHGNet cannot build a graph of (an atom with no neighbour within its 6 Å cutoff, an element
+outside its table) is a ``featurization_failed`` reject, stored as a row of NaN so the store
+keeps one item per record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from clasp_pl.data.cache import ArrayStore, ShardResult
+from clasp_pl.data.featurize import IndexedLines, RecordSource, build_record_store
+from clasp_pl.data.records import CrystalRecord
+from clasp_pl.data.rejects import Reject
+from clasp_pl.errors import UserError
+
+CHGNET_DIM = 64
+"""Width of CHGNet's crystal feature (the pooled atom features of its last layer)."""
+CHGNET_FEATURE_VERSION = 1
+DEFAULT_CHGNET_MODEL = "0.3.0"
+"""The pretrained CHGNet shipped in the wheel (MPtrj, the library's default)."""
+
+
+class ChgnetMissing(UserError):
+    """The optional ``chgnet`` package is not installed."""
+
+    kind = "extra"
+
+
+def load_chgnet(model_name: str = DEFAULT_CHGNET_MODEL) -> Any:
+    """The pretrained CHGNet ``model_name`` on the CPU, in eval mode with frozen weights.
+
+    Raises:
+        ChgnetMissing: chgnet is not installed.
+    """
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as error:
+        raise ChgnetMissing(
+            "chgnet",
+            f"the chgnet package is not installed ({error})",
+            "pip install clasp_pl[chgnet]",
+        ) from None
+    model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) over a model's parameters and buffers, by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ChgnetFeatures:
+    """CHGNet crystal features of structures, ``[N, 64]`` float32, batched, no gradients.
+
+    Args:
+        model_name: which pretrained CHGNet (see ``CHGNet.load``).
+        batch_size: structures per forward pass.
+        threads: torch intra-op threads while computing (restored after); None leaves the
+            process's setting. On a busy machine one thread per process is several times faster
+            than two that contend (measured in ``bench/results.md``).
+    """
+
+    def __init__(
+        self, model_name: str = DEFAULT_CHGNET_MODEL, batch_size: int = 32, threads: int | None = 1
+    ):
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.threads = threads
+
+    @functools.cached_property
+    def model(self) -> Any:
+        return load_chgnet(self.model_name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the loaded model (a worker process loads its own)."""
+        return {k: v for k, v in vars(self).items() if k != "model"}
+
+    def identity(self) -> dict[str, str]:
+        """What the features depend on: chgnet's version, the model name and its weights."""
+        import chgnet
+
+        return {
+            "chgnet_version": chgnet.__version__,
+            "chgnet_model": self.model_name,
+            "weights": weights_fingerprint(self.model),
+        }
+
+    def graphs(self, structures: Sequence[Structure]) -> tuple[list[Any], dict[int, str]]:
+        """CHGNet graphs of the structures that have one, and why each other one has none
+        (by position in ``structures``)."""
+        graphs, failures = [], {}
+        for index, structure in enumerate(structures):
+            try:
+                graphs.append(self.model.graph_converter(structure))
+            except Exception as error:  # noqa: BLE001 - one structure's failure is reported
+                failures[index] = f"{type(error).__name__}: {error}"
+        return graphs, failures
+
+    def __call__(self, structures: Sequence[Structure]) -> tuple[np.ndarray, dict[int, str]]:
+        """Crystal features ``[len(structures), 64]`` float32 (ordered structures only); a row
+        whose graph cannot be built is NaN and its reason is in the returned dict."""
+        with self._threads():
+            return self._compute(structures)
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def _compute(self, structures: Sequence[Structure]) -> tuple[np.ndarray, dict[int, str]]:
+        graphs, failures = self.graphs(structures)
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(graphs), self.batch_size):
+                batch = graphs[start : start + self.batch_size]
+                out = self.model(batch, task="e", return_crystal_feas=True)
+                rows.append(out["crystal_fea"].float().numpy())
+        computed = iter(np.concatenate(rows) if rows else np.zeros((0, CHGNET_DIM), np.float32))
+        features = np.full((len(structures), CHGNET_DIM), np.nan, np.float32)
+        for index in range(len(structures)):
+            if index not in failures:
+                features[index] = next(computed)
+        return features, failures
+
+
+class _ChgnetShard:
+    """One ``[1, 64]`` item per record of a shard (NaN where CHGNet fails: a reject)."""
+
+    def __init__(self, features: ChgnetFeatures):
+        self.features = features
+
+    def __call__(self, indexed_lines: IndexedLines) -> ShardResult:
+        records = [CrystalRecord.from_json(line) for _, line in indexed_lines]
+        features, failures = self.features([r.to_ordered_structure() for r in records])
+        rejects = [
+            Reject(records[i].source, records[i].id, "featurization_failed", f"chgnet: {reason}")
+            for i, reason in sorted(failures.items())
+        ]
+        return ShardResult([{"features": row[None]} for row in features], rejects)
+
+
+def build_chgnet_feature_store(
+    records: str | Path | RecordSource,
+    root: str | Path,
+    model_name: str = DEFAULT_CHGNET_MODEL,
+    batch_size: int = 32,
+    workers: int = 1,
+    threads: int | None = 1,
+    shard_size: int = 512,
+) -> tuple[ArrayStore, list[Reject]]:
+    """Build or reuse the store of CHGNet crystal features, one ``[1, 64]`` float32 item per
+    record (records-file order; NaN for a rejected record); returns it and this call's rejects.
+
+    Keyed by the chgnet version, model name and weights fingerprint, and the structure given
+    (the ordered approximation of a disordered record). ``workers`` processes compute shards
+    (each loads the model once), each with ``threads`` torch threads (see
+    :class:`ChgnetFeatures`); shards of ``shard_size`` records make a killed build resume.
+
+    Raises:
+        ChgnetMissing: chgnet is not installed.
+    """
+    features = ChgnetFeatures(model_name, batch_size, threads)
+    key = {
+        "what": "chgnet-crystal-features",
+        "version": CHGNET_FEATURE_VERSION,
+        "dim": CHGNET_DIM,
+        "structure": "ordered-dominant",
+        **features.identity(),
+    }
+    shard_fn = _ChgnetShard(features)
+    desc = "chgnet features"
+    return build_record_store(records, root, shard_fn, key, desc, workers, shard_size)

@@ -1,0 +1,122 @@
+"""Frozen CHGNet crystal features on real default records: shape, determinism, the ordered
+approximation of disorder, the cached store and the error when chgnet is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clasp_pl.data import chgnet_features
+from clasp_pl.data.chgnet_features import (
+    CHGNET_DIM,
+    ChgnetFeatures,
+    ChgnetMissing,
+    build_chgnet_feature_store,
+)
+from clasp_pl.data.records import CrystalRecord, iter_records, write_records
+from helpers.data import DEFAULT_RECORDS
+
+needs_chgnet = pytest.mark.skipif(
+    importlib.util.find_spec("chgnet") is None,
+    reason="the optional extra clasp_pl[chgnet] is not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def records() -> list[CrystalRecord]:
+    """Four small ordered default records and two disordered ones."""
+    small = [r for r in itertools.islice(iter_records(DEFAULT_RECORDS), 400) if r.num_sites <= 24]
+    ordered = [r for r in small if not r.occupancies][:4]
+    disordered = [r for r in small if r.occupancies and not r.is_ordered][:2]
+    assert len(ordered) == 4 and len(disordered) == 2
+    return ordered + disordered
+
+
+@pytest.fixture(scope="module")
+def features() -> ChgnetFeatures:
+    return ChgnetFeatures(batch_size=4)
+
+
+@needs_chgnet
+@pytest.mark.slow  # loads CHGNet and runs it on real structures
+def test_features_are_64d_deterministic_and_batch_independent(records, features):
+    structures = [r.to_ordered_structure() for r in records]
+    threads = torch.get_num_threads()
+    first, failures = features(structures)
+    assert torch.get_num_threads() == threads  # its one thread is set only while computing
+    again, _ = features(structures)
+    one_by_one = np.concatenate([features([s])[0] for s in structures])
+
+    assert failures == {}
+    assert first.shape == (len(records), CHGNET_DIM) and first.dtype == np.float32
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first, one_by_one, atol=1e-5)
+    # different structures, different features
+    assert np.linalg.matrix_rank(first.astype(np.float64)) == len(records)
+
+
+@needs_chgnet
+@pytest.mark.slow  # loads CHGNet and runs it on real structures
+def test_store_caches_one_row_per_record_and_reuses_it(tmp_path, records, features, monkeypatch):
+    path = tmp_path / "records.jsonl.gz"
+    write_records(records, path)
+    store, rejects = build_chgnet_feature_store(path, tmp_path / "chgnet", batch_size=4)
+
+    stored = np.concatenate([store[i]["features"] for i in range(len(store))])
+    expected, _ = features([r.to_ordered_structure() for r in records])
+    assert rejects == [] and len(store) == len(records)
+    np.testing.assert_allclose(stored, expected, atol=1e-5)  # disordered: ordered approximation
+    manifest = store.manifest
+    assert manifest["key"]["structure"] == "ordered-dominant"
+    assert {"chgnet_version", "chgnet_model", "weights"} <= set(manifest["key"])
+
+    def no_recompute(self, structures):
+        raise AssertionError("a finished store must be reused, not recomputed")
+
+    monkeypatch.setattr(ChgnetFeatures, "__call__", no_recompute)
+    reused, rejects = build_chgnet_feature_store(path, tmp_path / "chgnet", batch_size=4)
+    assert rejects == []
+    np.testing.assert_array_equal(reused[len(records) - 1]["features"], stored[-1:])
+
+
+@needs_chgnet
+@pytest.mark.slow  # loads CHGNet and runs it on real structures
+def test_isolated_atom_is_a_reject_with_a_nan_row(tmp_path, records):
+    """An atom with no neighbour within CHGNet's 6 Å cutoff has no graph: that record is
+    rejected (NaN row), the others are computed."""
+    lone = CrystalRecord(
+        id="lone-au",
+        lattice=[[12.0, 0, 0], [0, 12.0, 0], [0, 0, 12.0]],
+        species=["Au"],
+        frac_coords=[[0.0, 0.0, 0.0]],
+        title="an isolated gold atom",
+        source="test",
+    )
+    path = tmp_path / "records.jsonl.gz"
+    write_records([records[0], lone], path)
+    store, rejects = build_chgnet_feature_store(path, tmp_path / "chgnet")
+    assert [(r.id, r.reason) for r in rejects] == [("lone-au", "featurization_failed")]
+    assert np.isfinite(store[0]["features"]).all()
+    assert np.isnan(store[1]["features"]).all()
+
+
+@needs_chgnet
+def test_features_pickle_without_the_loaded_model(features):
+    """Store workers get the settings, not the model (each loads its own)."""
+    features.model  # noqa: B018 - loaded
+    copy = pickle.loads(pickle.dumps(features))
+    assert "model" not in vars(copy)
+    assert (copy.model_name, copy.batch_size, copy.threads) == ("0.3.0", 4, 1)
+
+
+def test_missing_chgnet_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "chgnet.model", None)  # import fails as when not installed
+    with pytest.raises(ChgnetMissing, match=r"pip install clasp_pl\[chgnet\]"):
+        chgnet_features.load_chgnet()
