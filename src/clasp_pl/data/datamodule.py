@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.cache import ArrayStore, file_fingerprint
+from clasp_pl.data.caption_mixing import CaptionMixingLoader, WithStructureCaptions
+from clasp_pl.data.captions import StructureCaptionStores, build_structure_caption_stores
 from clasp_pl.data.featurize import (
     RecordSource,
     build_composition_store,
@@ -199,9 +201,13 @@ class CrystalTextDataModule(SplitDataModule):
         eval_batch_size: pairs per batch in validation/test.
         num_workers: DataLoader workers.
         prepare_workers: processes used to featurize the cache.
+        structure_captions: chance in [0, 1] that a training pair's text is its structure's
+            caption instead of its title (:mod:`clasp_pl.data.caption_mixing`); 0 = titles only.
+            Validation and test always use titles.
     """
 
     records_hint = "make one with `clasp data ingest`, or leave data.records unset for the default"
+    structure_caption_stores: StructureCaptionStores | None = None  # set by _build when mixing
 
     def __init__(
         self,
@@ -222,7 +228,10 @@ class CrystalTextDataModule(SplitDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         prepare_workers: int = 1,
+        structure_captions: float = 0.0,
     ):
+        if not 0.0 <= structure_captions <= 1.0:
+            raise ValueError(f"data.structure_captions={structure_captions} is not in [0, 1]")
         if caption_fields is None:
             caption_fields = list(CAPTION_FIELDS)
         super().__init__(
@@ -245,6 +254,7 @@ class CrystalTextDataModule(SplitDataModule):
         self.max_length = max_length
         self.num_folds = num_folds
         self.fold = fold
+        self.structure_captions = structure_captions
         self.datasets: dict[str, CrystalTextDataset] = {}
         self.pad_token_id = 0
 
@@ -283,6 +293,15 @@ class CrystalTextDataModule(SplitDataModule):
         if self.composition_features:
             per_record["composition_features"], _ = build_composition_store(
                 structures, root / "composition", workers=workers
+            )
+        if self.structure_captions > 0:
+            self.structure_caption_stores = build_structure_caption_stores(
+                structures,
+                root / "structure_captions",
+                self.text.model,
+                self.max_length,
+                TextTower(self.text) if self.uses_text_features else None,
+                workers=workers,
             )
         return graphs, tokens, per_record
 
@@ -323,6 +342,11 @@ class CrystalTextDataModule(SplitDataModule):
             "collate_fn": self._collate,
             "persistent_workers": self.num_workers > 0,
         }
+        if train and self.structure_caption_stores is not None:  # titles mixed with captions
+            captioned = WithStructureCaptions(self.datasets[split], self.structure_caption_stores)
+            del options["collate_fn"]
+            probability, pad = self.structure_captions, self.pad_token_id
+            return CaptionMixingLoader(captioned, self.batch_size, probability, pad, **options)
         if train:  # full batches in an order set by (seed, epoch), resumable mid-epoch
             return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
