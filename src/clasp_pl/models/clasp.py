@@ -177,14 +177,20 @@ class CLaSPModule(L.LightningModule):
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]``."""
+        """Text embeddings ``[B, embed_dim]`` of token ids ``[B, L]`` (the whole text tower)."""
         return self.text_head(self.text_tower(input_ids, attention_mask))
 
     def forward(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(crystal_emb, text_emb)``, each ``[B, embed_dim]``. A batch carrying cached frozen
-        text-tower outputs (``text_features [B, H]``) skips the text tower."""
+        text-tower outputs (``text_features [B, H]``) skips the text tower; one carrying cached
+        lower-layer hidden states (``text_hidden [B, L, H]``) runs only its top layers."""
         if "text_features" in batch:
             text_emb = self.text_head(batch["text_features"])
+        elif "text_hidden" in batch:
+            pooled = self.text_tower.from_lower_hidden(
+                batch["text_hidden"], batch["attention_mask"]
+            )
+            text_emb = self.text_head(pooled)
         else:
             text_emb = self.encode_texts(batch["input_ids"], batch["attention_mask"])
         return self.encode_crystals(batch), text_emb
@@ -218,14 +224,37 @@ class CLaSPModule(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def setup(self, stage: str) -> None:
-        """Refuse cached text features that the checkpoint's text tower would not produce."""
+        """Refuse cached text features or lower-layer states that this text tower would not
+        produce."""
         datamodule = getattr(self.trainer, "datamodule", None)
+        self._check_text_hidden_cache(getattr(datamodule, "text_hidden_key", None))
         if self.text_tower_from_checkpoint and getattr(datamodule, "uses_text_features", False):
             raise ValueError(
                 f"the text tower of {self.initialised_from} was trained, but the data module "
                 "caches the outputs of the pristine text model: set "
                 "--data.cache_text_features false (or start from a checkpoint with a frozen text "
                 "tower)"
+            )
+
+    def _check_text_hidden_cache(self, key: dict | None) -> None:
+        """Refuse cached lower-layer states (their store's ``key``) cut at another layer or made
+        by other lower weights (e.g. a checkpoint whose lower layers were trained).
+
+        Raises:
+            ValueError: the cache does not hold what this tower's lower layers compute.
+        """
+        if key is None:
+            return
+        cut = self.text_tower.frozen_layers
+        if (
+            cut != key["frozen_layers"]
+            or self.text_tower.lower_fingerprint() != key["lower_weights"]
+        ):
+            raise ValueError(
+                f"the data module caches the text model's hidden states after layer "
+                f"{key['frozen_layers']} (weights {key['lower_weights']}), which this model's "
+                f"text tower (frozen below layer {cut}) would not compute: set "
+                "--data.cache_text_features false, or use the same text settings"
             )
 
     # ----------------------------------------------------------------- checkpoints
