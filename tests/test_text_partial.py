@@ -123,6 +123,13 @@ def test_a_top2_model_checkpoints_and_embeds_new_texts_like_the_cached_path(top2
         top = name.startswith(("encoder.layer.4.", "encoder.layer.5."))
         assert torch.equal(trained[name], tensor) != top, name  # only the top 2 layers moved
     trainer.save_checkpoint(tmp_path / "top2.ckpt")
+    saved = torch.load(tmp_path / "top2.ckpt", weights_only=True)
+    stored = [k for k in saved["state_dict"] if k.startswith("text_tower.")]
+    assert stored and all(
+        k.startswith(("text_tower.encoder.encoder.layer.4.", "text_tower.encoder.encoder.layer.5."))
+        for k in stored
+    )
+    assert saved["text_tower_weights"]["frozen_layers"] == 4  # the pristine lower part: left out
     restored = load_model(tmp_path / "top2.ckpt")
     for name, tensor in module.state_dict().items():
         assert torch.equal(tensor, restored.state_dict()[name]), name

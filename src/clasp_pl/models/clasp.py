@@ -98,6 +98,9 @@ class CLaSPModule(L.LightningModule):
     checkpoints (``text_tower_weights`` records the model name and the weights' fingerprint
     instead): 92 MB less per checkpoint with MiniLM, 440 MB with SciBERT. Loading puts the same
     model's weights back, and refuses a text model whose weights differ from the recorded ones.
+    A partly trainable tower (``trainable_layers``) leaves out its frozen embeddings and lower
+    layers the same way (``text_tower_weights`` then also records ``frozen_layers``): with
+    MiniLM's top 2 layers trained, 14 MB of text weights are stored instead of 90 MB.
     """
 
     def __init__(
@@ -259,16 +262,24 @@ class CLaSPModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record ``initialised_from``; leave out a frozen text tower's pretrained weights."""
+        """Record ``initialised_from``; leave out the pretrained weights of a frozen text tower,
+        or of the frozen lower part (embeddings and lower layers) of a partly trainable one."""
         checkpoint["initialised_from"] = self.initialised_from
-        if self.text_tower.frozen and not self.text_tower_from_checkpoint:
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(TEXT_TOWER_PREFIX)]:
-                del state[key]
-            checkpoint[OMITTED_TEXT_WEIGHTS] = {
-                "model": self.text_tower.text_model_name,
-                "fingerprint": self.text_tower.weights_fingerprint(),
-            }
+        if self.text_tower_from_checkpoint:
+            return
+        record = {"model": self.text_tower.text_model_name}
+        if self.text_tower.frozen:
+            omitted = [k for k in checkpoint["state_dict"] if k.startswith(TEXT_TOWER_PREFIX)]
+            record["fingerprint"] = self.text_tower.weights_fingerprint()
+        elif self.text_tower.frozen_layers is not None:
+            cut = self.text_tower.frozen_layers
+            omitted = list(self.text_tower.lower_state_dict(cut, TEXT_TOWER_PREFIX))
+            record.update(fingerprint=self.text_tower.lower_fingerprint(cut), frozen_layers=cut)
+        else:
+            return
+        for key in omitted:
+            del checkpoint["state_dict"][key]
+        checkpoint[OMITTED_TEXT_WEIGHTS] = record
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Put back omitted text weights; take the caption length of an older checkpoint (which
@@ -280,8 +291,9 @@ class CLaSPModule(L.LightningModule):
             self.hparams["text_max_length"] = int(data["max_length"])
 
     def restore_omitted_text_weights(self, checkpoint: dict, source: str | Path) -> None:
-        """Put this model's text-tower weights into a checkpoint that left them out, after
-        checking that they are the ones it was trained with (its recorded fingerprint).
+        """Put this model's text-tower weights into a checkpoint that left them out (all of
+        them, or the embeddings and the lower ``frozen_layers`` layers), after checking that
+        they are the ones it was trained with (its recorded fingerprint).
 
         Raises:
             ValueError: the text model here has other weights (another model, or a revision).
@@ -289,7 +301,13 @@ class CLaSPModule(L.LightningModule):
         record = checkpoint.get(OMITTED_TEXT_WEIGHTS)
         if record is None:
             return
-        found = self.text_tower.weights_fingerprint()
+        cut = record.get("frozen_layers")  # None: the whole tower was left out
+        if cut is None:
+            found = self.text_tower.weights_fingerprint()
+            own = self.text_tower.state_dict(prefix=TEXT_TOWER_PREFIX, keep_vars=False)
+        else:
+            found = self.text_tower.lower_fingerprint(cut)
+            own = self.text_tower.lower_state_dict(cut, TEXT_TOWER_PREFIX)
         if found != record["fingerprint"]:
             raise ValueError(
                 f"{source} was trained with the frozen text model {record['model']!r} of weights "
@@ -298,7 +316,6 @@ class CLaSPModule(L.LightningModule):
                 "name resolve to the files it was trained with (the same folder, or the same "
                 "revision in the Hugging Face cache)."
             )
-        own = self.text_tower.state_dict(prefix=TEXT_TOWER_PREFIX, keep_vars=False)
         checkpoint["state_dict"].update(own)
 
     def on_fit_start(self) -> None:

@@ -67,11 +67,13 @@ class TextTower(nn.Module):
             self.encoder.pooler.requires_grad_(True)  # above the top layer: trained with it
         self._lower_part_eval()
 
-    def _lower_part(self) -> list[nn.Module]:
-        """The frozen modules below the trainable top layers (empty when there are none)."""
-        if self.frozen_layers is None:
+    def _lower_part(self, n_layers: int | None = None) -> list[nn.Module]:
+        """The embeddings and the first ``n_layers`` layers (default: the frozen lower part,
+        empty when there is none)."""
+        n_layers = self.frozen_layers if n_layers is None else n_layers
+        if n_layers is None:
             return []
-        return [self.encoder.embeddings, *transformer_layers(self.encoder)[: self.frozen_layers]]
+        return [self.encoder.embeddings, *transformer_layers(self.encoder)[:n_layers]]
 
     def cut_layer(self) -> int:
         """``frozen_layers``, the layer the encoder is cut at for cached lower hidden states.
@@ -96,13 +98,23 @@ class TextTower(nn.Module):
         """sha256 over the encoder's parameters and buffers (keys a cache of its outputs)."""
         return tensors_fingerprint(self.encoder.state_dict().items())
 
-    def lower_fingerprint(self) -> str:
-        """sha256 over the frozen lower part's parameters and buffers (keys a cache of
-        :meth:`lower_hidden`; raises ValueError without one, see :meth:`cut_layer`)."""
-        self.cut_layer()
+    def lower_state_dict(self, n_layers: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the embeddings and the first ``n_layers`` layers, named as
+        in this tower's ``state_dict(prefix=prefix)``."""
+        names = {id(module): name for name, module in self.named_modules()}
+        state: dict[str, torch.Tensor] = {}
+        for module in self._lower_part(n_layers):
+            state.update(module.state_dict(prefix=f"{prefix}{names[id(module)]}."))
+        return state
+
+    def lower_fingerprint(self, n_layers: int | None = None) -> str:
+        """sha256 over the embeddings' and the first ``n_layers`` layers' weights (default: the
+        frozen lower part's, which keys a cache of :meth:`lower_hidden`; ValueError without
+        one, see :meth:`cut_layer`)."""
+        n_layers = self.cut_layer() if n_layers is None else n_layers
         return tensors_fingerprint(
             (f"{index}.{name}", tensor)
-            for index, module in enumerate(self._lower_part())
+            for index, module in enumerate(self._lower_part(n_layers))
             for name, tensor in module.state_dict().items()
         )
 
