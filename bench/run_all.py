@@ -26,6 +26,7 @@ BENCHMARKS = [
         ["bench_train_step.py", "--device", "cuda"],
         ["--device", "cuda", "--steps", "2"],
     ),
+    ("text tower step (CPU)", ["bench_text_tower.py"], ["--steps", "1", "--batch-size", "16"]),
     (
         "retrieval metrics",
         ["bench_metrics.py", "--n", "100000", "--dim", "256"],

@@ -52,7 +52,11 @@ class _CachedFeatures(TypedDict, total=False):
     composition_features: Tensor
 
 
-class PairBatch(GraphBatch, _CachedFeatures):
+class _CachedTokenStates(TypedDict, total=False):
+    text_hidden: Tensor
+
+
+class PairBatch(GraphBatch, _CachedFeatures, _CachedTokenStates):
     """(crystal, caption) pairs: :class:`GraphBatch`'s keys plus
 
     Keys:
@@ -66,6 +70,9 @@ class PairBatch(GraphBatch, _CachedFeatures):
             (the model then skips its text tower).
         composition_features: optional ``[B, 333]`` float32 descriptors, for the
             composition-only baseline tower.
+        text_hidden: optional ``[B, L, H]`` float32, cached hidden states after the frozen
+            lower layers of a partly trainable text tower, one per token of ``input_ids`` (0 on
+            padding); the model then runs only the top layers.
     """
 
     input_ids: Tensor
@@ -89,6 +96,14 @@ class PropertyBatch(GraphBatch):
 
 
 CACHED_FEATURES = tuple(_CachedFeatures.__annotations__)  # per-record features a pair may carry
+
+
+def pad_token_states(states: Sequence[np.ndarray], length: int) -> Tensor:
+    """Per-token states ``[n_i, H]`` right-padded with zeros to ``[B, length, H]`` float32."""
+    out = np.zeros((len(states), length, states[0].shape[1]), np.float32)
+    for row, one in enumerate(states):
+        out[row, : len(one)] = one
+    return torch.from_numpy(out)
 
 
 def _concat(samples: Sequence[Sample], name: str, dtype: type = np.int64) -> Tensor:
@@ -123,7 +138,8 @@ def collate_graphs(samples: Sequence[Sample]) -> GraphBatch:
 
 def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch:
     """Stack (graph, caption) samples into one :class:`PairBatch`, captions padded to the
-    longest one; ``text_features`` and ``composition_features`` when the samples carry them.
+    longest one; ``text_features`` and ``composition_features`` when the samples carry them,
+    and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token) padded like the tokens.
 
     Each sample needs the graph fields of :func:`collate_graphs`, ``input_ids [n_tokens]``,
     ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``.
@@ -140,4 +156,9 @@ def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch
     for name in CACHED_FEATURES:
         if name in samples[0]:
             batch[name] = _concat(samples, name, np.float32)
+    if "text_hidden" in samples[0]:
+        states = [s["text_hidden"] for s in samples]
+        if any(len(h) != len(s["input_ids"]) for h, s in zip(states, samples, strict=True)):
+            raise ValueError("cached text hidden states do not match the caption tokens")
+        batch["text_hidden"] = pad_token_states(states, input_ids.shape[1])
     return batch

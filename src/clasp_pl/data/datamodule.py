@@ -21,6 +21,7 @@ from clasp_pl.data.featurize import (
     build_composition_store,
     build_graph_store,
     build_text_feature_store,
+    build_text_hidden_store,
     build_token_store,
 )
 from clasp_pl.data.graphs import GraphConfig
@@ -32,6 +33,7 @@ from clasp_pl.errors import UserError
 from clasp_pl.rank_zero import rank_zero_logger
 from clasp_pl.resources import DEFAULT_CACHE_DIR, DEFAULT_RECORDS
 from clasp_pl.text.config import TextConfig
+from clasp_pl.text.features import HiddenDtype
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import empty_caption_length
 from clasp_pl.text.tower import TextTower
@@ -182,7 +184,12 @@ class CrystalTextDataModule(SplitDataModule):
             :func:`records_cache_root`).
         text: text model settings, linked to the model's by the CLI: its tokenizer is used, and
             a frozen tower's pooled outputs are cached once when ``cache_text_features``.
-        cache_text_features: for a frozen text tower, feed cached features instead of tokens.
+        cache_text_features: cache what the frozen part of the text tower computes: for a
+            frozen tower its pooled outputs (``text_features``), for one with
+            ``trainable_layers`` set the hidden states after its frozen lower layers
+            (``text_hidden``, the model then runs only the top layers).
+        text_hidden_dtype: dtype of cached lower-layer hidden states (``float16`` halves the
+            cache, ``float32`` keeps the top layers' inputs exact).
         composition_features: also serve composition/symmetry descriptors (for the
             composition-only baseline tower, ``model.crystal_encoder: composition``).
         keywords: JSON of keywords per record id (``clasp data keywords`` or the official
@@ -215,6 +222,7 @@ class CrystalTextDataModule(SplitDataModule):
         cache_dir: str = DEFAULT_CACHE_DIR,
         text: TextConfig = TextConfig(),
         cache_text_features: bool = True,
+        text_hidden_dtype: HiddenDtype = "float32",
         composition_features: bool = False,
         keywords: str | None = None,
         caption_fields: list[str] | None = None,
@@ -248,6 +256,8 @@ class CrystalTextDataModule(SplitDataModule):
         self.save_hyperparameters()  # stored in checkpoints: evaluation rebuilds the same split
         self.text = as_config(TextConfig, text)
         self.cache_text_features = cache_text_features
+        self.text_hidden_dtype: HiddenDtype = text_hidden_dtype
+        self.text_hidden_key: dict | None = None  # the lower-layer cache's key, after setup
         self.composition_features = composition_features
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
@@ -261,6 +271,15 @@ class CrystalTextDataModule(SplitDataModule):
     @property
     def uses_text_features(self) -> bool:
         return self.text.freeze and self.cache_text_features
+
+    @property
+    def uses_text_hidden(self) -> bool:
+        """Serve cached hidden states of the text tower's frozen lower layers."""
+        return (
+            not self.text.freeze
+            and self.text.trainable_layers is not None
+            and self.cache_text_features
+        )
 
     def record_lines(self) -> RecordLines:
         """The records (with the keywords file applied) as JSON lines, the fingerprint of the
@@ -290,6 +309,10 @@ class CrystalTextDataModule(SplitDataModule):
             per_record["text_features"] = build_text_feature_store(
                 texts, root / "text_features", TextTower(self.text), *captions
             )
+        if self.uses_text_hidden:
+            per_record["text_hidden"] = build_text_hidden_store(
+                texts, root / "text_hidden", TextTower(self.text), *captions, self.text_hidden_dtype
+            )
         if self.composition_features:
             per_record["composition_features"], _ = build_composition_store(
                 structures, root / "composition", workers=workers
@@ -309,6 +332,8 @@ class CrystalTextDataModule(SplitDataModule):
         if self.datasets:
             return
         graphs, tokens, per_record = self._stores()
+        if "text_hidden" in per_record:
+            self.text_hidden_key = per_record["text_hidden"].manifest["key"]
         tokenizer = load_tokenizer(self.text.model)
         self.pad_token_id = tokenizer.pad_token_id or 0
         record_index = graphs.field("record_index")

@@ -14,6 +14,9 @@ stores' fingerprint):
   truncated to ``max_length``, unpadded);
 - ``text_features/`` (only for a frozen text tower): one ``[1, H]`` float32 item per record, the
   tower's pooled output computed once in eval mode, so training steps skip the text tower;
+- ``text_hidden/`` (only for a text tower with ``trainable_layers`` set): one
+  ``[n_tokens, H]`` item per record (float32 or float16), the hidden states after the frozen
+  lower layers computed once in eval mode, so training steps run only the top layers;
 - ``composition/`` (only for the composition-only baseline): one ``[1, 333]`` descriptor per
   record (see :mod:`clasp_pl.data.composition`); all NaN for a record whose descriptor fails.
 
@@ -49,7 +52,7 @@ from clasp_pl.data.records import CrystalRecord, iter_record_lines, stable_hash6
 from clasp_pl.data.rejects import Reject
 from clasp_pl.data.text import CAPTION_FORMAT_VERSION, compose_caption
 from clasp_pl.rank_zero import rank_zero_logger
-from clasp_pl.text.features import FrozenTextFeatures
+from clasp_pl.text.features import FrozenLowerLayers, FrozenTextFeatures, HiddenDtype
 from clasp_pl.text.sources import load_tokenizer, resolve
 from clasp_pl.text.tokens import encode_captions
 from clasp_pl.text.tower import TextTower
@@ -305,5 +308,45 @@ def build_text_feature_store(
     shard_fn = _TextFeatureShard(features, caption_fields, max_length)
     store, _ = build_record_store(
         records, root, shard_fn, key, "frozen text features", 1, shard_size
+    )
+    return store
+
+
+class _TextHiddenShard(_TokenShard):
+    """Runs a text tower's frozen lower layers over shards of captions: one ``[n_tokens, H]``
+    item per record."""
+
+    def __init__(self, lower: FrozenLowerLayers, caption_fields: Sequence[str], max_length: int):
+        super().__init__(lower.text_model_name, caption_fields, max_length)
+        self.lower = lower
+
+    def __call__(self, indexed_lines: IndexedLines) -> ShardResult:
+        states = self.lower(self.token_ids(indexed_lines), self.tokenizer.pad_token_id or 0)
+        return ShardResult([{"features": one} for one in states])
+
+
+def build_text_hidden_store(
+    records: str | Path | RecordSource,
+    root: str | Path,
+    tower: TextTower,
+    caption_fields: Sequence[str],
+    max_length: int,
+    dtype: HiddenDtype = "float32",
+    batch_size: int = 128,
+    shard_size: int = 2048,
+) -> ArrayStore:
+    """Build or reuse the store of a partly trainable text tower's hidden states after its
+    frozen lower layers, one ``[n_tokens, H]`` item per record (``n_tokens`` as in the token
+    store), keyed by the model, the layer cut, the lower weights' fingerprint, the dtype, the
+    caption fields and max_length."""
+    lower = FrozenLowerLayers(tower, batch_size, dtype)
+    key = {
+        "what": "text-lower-hidden-states",
+        **lower.identity(),
+        **_caption_key(caption_fields, max_length),
+    }
+    shard_fn = _TextHiddenShard(lower, caption_fields, max_length)
+    store, _ = build_record_store(
+        records, root, shard_fn, key, "text lower-layer states", 1, shard_size
     )
     return store

@@ -22,7 +22,9 @@ class TextConfig:
         pooling: ``cls`` (first token), ``mean`` (attention-masked mean), ``pooler`` (BERT's
             pretrained dense+tanh pooler on CLS) or ``auto`` (the model's own convention).
         freeze: no gradients into the encoder; it then always runs in eval mode (no dropout).
-        trainable_layers: when set, freeze embeddings and all but the top N transformer layers.
+        trainable_layers: when set (and ``freeze`` off), freeze the embeddings and all but the
+            top N transformer layers; the frozen lower part runs in eval mode (no dropout), so
+            the data module can cache its hidden states (``cache_text_features``).
         gradient_checkpointing: trade compute for activation memory.
     """
 

@@ -1,8 +1,16 @@
-"""Frozen text features: a frozen tower's pooled outputs, computed once so training skips it."""
+"""What the frozen part of a text tower computes, computed once so that training skips it:
+
+- :class:`FrozenTextFeatures`: a fully frozen tower's pooled outputs, one ``[H]`` row per caption;
+- :class:`FrozenLowerLayers`: a partly trainable tower's hidden states after its frozen lower
+  layers, one ``[n_tokens, H]`` array per caption (the top layers then run on them).
+
+Both run the tower in eval mode (no dropout) without gradients, in batches of similar length.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,11 +19,11 @@ from clasp_pl.text.sources import resolve
 from clasp_pl.text.tokens import length_sorted_batches, pad_token_ids
 from clasp_pl.text.tower import TextTower
 
+HiddenDtype = Literal["float32", "float16"]
 
-class FrozenTextFeatures:
-    """A frozen text tower as a function: token id sequences -> pooled outputs ``[N, H]``.
 
-    The tower runs in eval mode (no dropout) without gradients, in batches of similar length.
+class _FrozenPart:
+    """The frozen part of a text tower run over token id sequences in padded batches.
 
     Args:
         tower: the text tower (put in eval mode here).
@@ -30,6 +38,18 @@ class FrozenTextFeatures:
     def text_model_name(self) -> str:
         return self.tower.text_model_name
 
+    def _batches(
+        self, token_ids: Sequence[np.ndarray], pad_token_id: int
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``(rows, input_ids [b, L], attention_mask [b, L])`` batches covering every sequence."""
+        for rows in length_sorted_batches(token_ids, self.batch_size):
+            ids, mask = pad_token_ids([token_ids[row] for row in rows], pad_token_id)
+            yield rows, torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class FrozenTextFeatures(_FrozenPart):
+    """A frozen text tower as a function: token id sequences -> pooled outputs ``[N, H]``."""
+
     def identity(self) -> dict[str, str]:
         """What the outputs depend on besides the tokens (part of a feature cache's key): the
         resolved model, the fingerprint of its weights and the pooling."""
@@ -43,9 +63,44 @@ class FrozenTextFeatures:
     def __call__(self, token_ids: Sequence[np.ndarray], pad_token_id: int) -> np.ndarray:
         """Pooled outputs ``[N, H]`` float32 of ``N`` unpadded token id sequences, in order."""
         features = np.zeros((len(token_ids), self.tower.out_dim), np.float32)
-        for rows in length_sorted_batches(token_ids, self.batch_size):
-            ids, mask = pad_token_ids([token_ids[row] for row in rows], pad_token_id)
-            features[rows] = (
-                self.tower(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
-            )
+        for rows, ids, mask in self._batches(token_ids, pad_token_id):
+            features[rows] = self.tower(ids, mask).float().numpy()
         return features
+
+
+class FrozenLowerLayers(_FrozenPart):
+    """The frozen lower layers of a partly trainable text tower (``trainable_layers`` set) as a
+    function: token id sequences -> hidden states ``[n_tokens, H]`` of each, after its layer
+    ``frozen_layers`` (see :meth:`TextTower.lower_hidden`).
+
+    Args:
+        tower: the text tower (put in eval mode here).
+        batch_size: sequences per forward pass.
+        dtype: dtype of the returned states (float16 halves a cache; float32 keeps it exact).
+    """
+
+    def __init__(self, tower: TextTower, batch_size: int = 128, dtype: HiddenDtype = "float32"):
+        super().__init__(tower, batch_size)
+        self.dtype = dtype
+
+    def identity(self) -> dict[str, str | int]:
+        """What the states depend on besides the tokens (part of a cache's key): the resolved
+        model, the layer they are taken after, the fingerprint of the weights below it, and
+        the stored dtype."""
+        return {
+            "text_model": resolve(self.tower.text_model_name),
+            "frozen_layers": self.tower.cut_layer(),
+            "lower_weights": self.tower.lower_fingerprint(),
+            "dtype": self.dtype,
+        }
+
+    @torch.no_grad()
+    def __call__(self, token_ids: Sequence[np.ndarray], pad_token_id: int) -> list[np.ndarray]:
+        """Hidden states ``[n_i, H]`` (``dtype``) of ``N`` unpadded token id sequences (``n_i``
+        tokens each), in order."""
+        states: list[np.ndarray] = [np.empty(0)] * len(token_ids)
+        for rows, ids, mask in self._batches(token_ids, pad_token_id):
+            hidden = self.tower.lower_hidden(ids, mask).float().numpy().astype(self.dtype)
+            for row, one in zip(rows, hidden, strict=True):
+                states[row] = np.ascontiguousarray(one[: len(token_ids[row])])
+        return states
