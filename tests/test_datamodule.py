@@ -226,6 +226,33 @@ def test_structures_without_composition_features_are_left_out_of_pairs(
     assert all(np.isfinite(sample["composition_features"]).all() for sample in served)
 
 
+def test_graph_free_batches_hold_the_same_pairs_without_graphs(
+    few_records: Path, tmp_path: Path
+) -> None:
+    """``crystal_graphs=False`` (the composition baseline) serves the same pairs, tokens and
+    descriptors as the graph-carrying module, with no graph field in the batch."""
+    batches = {}
+    for with_graphs in (True, False):
+        dm = CrystalTextDataModule(
+            records=str(few_records),
+            cache_dir=str(tmp_path / "cache"),
+            text=TextConfig(model="tiny-random"),
+            composition_features=True,
+            crystal_graphs=with_graphs,
+            graph=TINY_GRAPH,
+            split_fractions=(1.0, 0.0, 0.0),
+            batch_size=5,
+        )
+        dm.prepare_data()
+        dm.setup("fit")
+        batches[with_graphs] = next(iter(dm.train_dataloader()))
+    full, bare = batches[True], batches[False]
+    assert "edge_src" in full and "edge_src" not in bare and "site_species_z" not in bare
+    assert bare["num_crystals"] == full["num_crystals"] == 5
+    for key in ("input_ids", "group_ids", "record_index", "item_id", "composition_features"):
+        assert torch.equal(bare[key], full[key]), key
+
+
 # ------------------------------------------------------------------------------- rejects
 def test_rejects_are_logged_with_their_reason(caplog) -> None:
     caplog.set_level(logging.INFO)

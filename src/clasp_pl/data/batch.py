@@ -106,6 +106,9 @@ def pad_token_states(states: Sequence[np.ndarray], length: int) -> Tensor:
     return torch.from_numpy(out)
 
 
+GRAPH_FIELD = "edge_src"  # present in a sample that carries its crystal graph
+
+
 def _concat(samples: Sequence[Sample], name: str, dtype: type = np.int64) -> Tensor:
     return torch.from_numpy(np.concatenate([s[name] for s in samples]).astype(dtype))
 
@@ -142,11 +145,15 @@ def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch
     and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token) padded like the tokens.
 
     Each sample needs the graph fields of :func:`collate_graphs`, ``input_ids [n_tokens]``,
-    ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``.
+    ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``. Samples without graph fields
+    (``data.crystal_graphs: false``, for a tower that reads only per-record features) give a
+    batch without them, with ``num_crystals`` still set.
     """
     input_ids, attention_mask = pad_token_ids([s["input_ids"] for s in samples], pad_token_id)
+    graphs = collate_graphs(samples) if GRAPH_FIELD in samples[0] else {}
+    graphs.setdefault("num_crystals", len(samples))
     batch = PairBatch(
-        **collate_graphs(samples),
+        **graphs,
         input_ids=torch.from_numpy(input_ids),
         attention_mask=torch.from_numpy(attention_mask),
         group_ids=_concat(samples, "group_id"),

@@ -80,18 +80,29 @@ class CrystalTextDataset(Dataset):
         tokens: ArrayStore,
         item_ids: np.ndarray,
         per_record: dict[str, ArrayStore] | None = None,
+        with_graphs: bool = True,
     ):
         self.graphs = graphs
         self.tokens = tokens
         self.per_record = per_record or {}
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.with_graphs = with_graphs
+        # a graph-free sample reads only these two fields, once, not each graph's arrays
+        self.record_index = graphs.field("record_index") if not with_graphs else None
+        self.group_id = graphs.field("group_id") if not with_graphs else None
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def __getitem__(self, position: int) -> dict[str, np.ndarray]:
         item_id = int(self.item_ids[position])
-        sample = dict(self.graphs[item_id])
+        if self.with_graphs:
+            sample = dict(self.graphs[item_id])
+        else:
+            sample = {
+                "record_index": self.record_index[item_id : item_id + 1],
+                "group_id": self.group_id[item_id : item_id + 1],
+            }
         record_index = int(sample["record_index"][0])
         sample["input_ids"] = self.tokens[record_index]["input_ids"]
         for name, store in self.per_record.items():
@@ -192,6 +203,9 @@ class CrystalTextDataModule(SplitDataModule):
             cache, ``float32`` keeps the top layers' inputs exact).
         composition_features: also serve composition/symmetry descriptors (for the
             composition-only baseline tower, ``model.crystal_encoder: composition``).
+        crystal_graphs: serve the crystal graphs (false for a tower that reads only
+            per-record features, the composition baseline: its steps then skip reading and
+            collating graphs, ~10x faster; the graph store is still built, it holds the pairs).
         keywords: JSON of keywords per record id (``clasp data keywords`` or the official
             keyword-caption release), applied to the records; add ``keywords`` to
             ``caption_fields`` to train on keyword captions (stage 2 of the paper's recipe).
@@ -224,6 +238,7 @@ class CrystalTextDataModule(SplitDataModule):
         cache_text_features: bool = True,
         text_hidden_dtype: HiddenDtype = "float32",
         composition_features: bool = False,
+        crystal_graphs: bool = True,
         keywords: str | None = None,
         caption_fields: list[str] | None = None,
         max_length: int = 256,
@@ -259,6 +274,7 @@ class CrystalTextDataModule(SplitDataModule):
         self.text_hidden_dtype: HiddenDtype = text_hidden_dtype
         self.text_hidden_key: dict | None = None  # the lower-layer cache's key, after setup
         self.composition_features = composition_features
+        self.crystal_graphs = crystal_graphs
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
         self.max_length = max_length
@@ -357,7 +373,9 @@ class CrystalTextDataModule(SplitDataModule):
             self.fold,
         )
         self.datasets = {
-            name: CrystalTextDataset(graphs, tokens, ids[usable[ids]], per_record)
+            name: CrystalTextDataset(
+                graphs, tokens, ids[usable[ids]], per_record, with_graphs=self.crystal_graphs
+            )
             for name, ids in parts.items()
         }
 
