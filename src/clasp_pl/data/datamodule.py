@@ -95,6 +95,10 @@ class CrystalTextDataset(Dataset):
         sample["item_id"] = np.array([item_id], np.int64)
         return sample
 
+    def site_counts(self) -> np.ndarray:
+        """``[len(self)]`` int64 sites of each pair's crystal (from the store's offsets alone)."""
+        return self.graphs.lengths("species_per_site")[self.item_ids]
+
 
 class SplitDataModule(L.LightningDataModule):
     """A data module built from cached stores, whose train/val/test loaders differ only by split.
@@ -191,10 +195,13 @@ class CrystalTextDataModule(SplitDataModule):
         graph: crystal-graph settings (cutoff radius in Å, neighbours per atom, Gaussian basis).
         split_fractions: train/val/test fractions of *papers* (groups).
         split_seed: seed of the by-paper split.
-        batch_size: training pairs per process per step.
+        batch_size: training pairs per process per step (the most, with ``atom_budget``).
         eval_batch_size: pairs per batch in validation/test.
         num_workers: DataLoader workers.
         prepare_workers: processes used to featurize the cache.
+        atom_budget: pack training batches to at most this many sites per process
+            (:class:`~clasp_pl.data.loading.AtomBudgetBatchSampler`: bounded memory under a wide
+            size distribution, equal batch sizes across ranks); ``None``: ``batch_size`` pairs.
     """
 
     records_hint = "make one with `clasp data ingest`, or leave data.records unset for the default"
@@ -216,6 +223,7 @@ class CrystalTextDataModule(SplitDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         prepare_workers: int = 1,
+        atom_budget: int | None = None,
     ):
         if caption_fields is None:
             caption_fields = list(CAPTION_FIELDS)
@@ -237,6 +245,7 @@ class CrystalTextDataModule(SplitDataModule):
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
         self.max_length = max_length
+        self.atom_budget = atom_budget
         self.datasets: dict[str, CrystalTextDataset] = {}
         self.pad_token_id = 0
 
@@ -310,7 +319,11 @@ class CrystalTextDataModule(SplitDataModule):
             "persistent_workers": self.num_workers > 0,
         }
         if train:  # full batches in an order set by (seed, epoch), resumable mid-epoch
-            return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
+            dataset = self.datasets[split]
+            if self.atom_budget is not None:
+                options["atom_budget"] = self.atom_budget
+                options["sites"] = dataset.site_counts()
+            return ResumableDataLoader(dataset, self.batch_size, **options)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
 
     def _collate(self, samples: Sequence[dict]) -> PairBatch:
