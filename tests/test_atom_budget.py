@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,51 @@ def test_two_rank_ddp_equals_one_process_over_each_global_batch(
             for name, ref in ref_grads.items():
                 diff = (ranks[r][step][1][name] - ref).abs().max().item()
                 assert diff < TOL, f"step {step} rank {r} {name}: {diff:.2e}"
+
+
+def test_lightning_trains_two_epochs_on_atom_budget_batches(
+    tmp_path: Path, records_file: Path, monkeypatch, one_torch_thread
+) -> None:
+    """``clasp fit`` on the tiny config with ``--data.atom_budget``: Lightning keeps the loader
+    (no sampler injected), every epoch has ``len(loader)`` steps and ends in validation, and each
+    batch is within budget."""
+    from unittest.mock import patch
+
+    from lightning.pytorch.callbacks import Callback
+
+    from clasp_pl.commands.fit import CLaSPCLI
+    from clasp_pl.models.clasp import CLaSPModule
+    from helpers.data import REPO
+
+    class Sites(Callback):
+        def __init__(self) -> None:
+            self.sites: list[int] = []
+            self.steps_per_epoch: list[int] = []
+            self.validations = 0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.sites.append(len(batch["crystal_index"]))
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            self.steps_per_epoch.append(len(self.sites) - sum(self.steps_per_epoch))
+
+        def on_validation_epoch_end(self, trainer, module) -> None:
+            self.validations += not trainer.sanity_checking
+
+    monkeypatch.chdir(tmp_path)
+    configs = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
+    args = [arg for name in configs for arg in ("--config", str(REPO / "conf" / name))]
+    args += ["--data.records", str(records_file), "--data.cache_dir", str(tmp_path / "cache")]
+    args += ["--data.atom_budget", "200", "--data.batch_size", "16", "--trainer.max_epochs", "2"]
+    args += ["--data.split_fractions", "[0.7, 0.15, 0.15]"]
+    with patch.object(sys, "argv", ["clasp"]):
+        cli = CLaSPCLI(CLaSPModule, CrystalTextDataModule, args=args, run=False)
+    sites = Sites()
+    cli.trainer.callbacks.append(sites)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    loader = cli.trainer.train_dataloader
+    assert isinstance(loader.sampler, AtomBudgetBatchSampler)
+    assert sites.steps_per_epoch == [len(loader), len(loader)]
+    assert sites.validations == 2  # the epoch length Lightning fixed is each epoch's
+    assert max(sites.sites) <= 200
+    assert cli.trainer.global_step == 2 * len(loader)
