@@ -9,7 +9,7 @@ Stages (each row of the table says whether it was measured here or extrapolated,
    time of this process and its children), then the token and cached text-feature stores of the
    default data module; bytes on disk per structure;
 4. **train** with 2-process gloo DDP (the default model: CGCNN + frozen MiniLM with cached text
-   features; ``torch.nn.parallel.DistributedDataParallel``, AdamW) for ``--steps`` steps over the
+   features, as ``conf/model/clasp.yaml``; ``torch.nn.parallel.DistributedDataParallel``, AdamW) for ``--steps`` steps over the
    cached data of ``--n`` and of a ``--small`` prefix, with ``num_workers`` 0 and 2: start-up
    (data module prepare + setup on the existing cache, model build), peak RSS of each training
    process (``VmHWM``), samples/s and the loader stall share (time in ``next(loader)`` over step
@@ -60,10 +60,12 @@ from clasp_pl.data.featurize import build_graph_store
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.ingest import IngestOptions, Job, job_to_record
 from clasp_pl.data.records import iter_record_lines, iter_records, write_record_lines
+from clasp_pl.text.config import TextConfig
 
 WORLD = 2
 WARMUP = 5
 PAPER_N = 400_000
+FROZEN_TEXT = TextConfig(freeze=True)
 
 
 @dataclass
@@ -137,8 +139,19 @@ def process_group(rank: int, port: int) -> Iterator[None]:
 
 
 def data_module(records: Path, cache: Path, **options: object) -> CrystalTextDataModule:
-    """The default data module (frozen MiniLM, cached text features) over ``records``."""
-    return CrystalTextDataModule(records=str(records), cache_dir=str(cache), **options)
+    """The data module of ``clasp fit --preset pretrain`` (frozen MiniLM, its pooled outputs
+    cached) over ``records``."""
+    return CrystalTextDataModule(
+        records=str(records), cache_dir=str(cache), text=FROZEN_TEXT, **options
+    )
+
+
+def pretrain_model():
+    """The model of ``conf/model/clasp.yaml``: CGCNN 64/3/128, frozen MiniLM, MLP heads."""
+    from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
+
+    heads = HeadsConfig(crystal_hidden=[256], text_hidden=[512])
+    return CLaSPModule(text=FROZEN_TEXT, heads=heads)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -216,14 +229,12 @@ def _train_rank(
     """One DDP training process: start-up, ``steps`` steps, stall share, peak RSS."""
     torch.set_num_threads(1)
     with process_group(rank, port):
-        from clasp_pl.models.clasp import CLaSPModule
-
         start = time.perf_counter()
         dm = data_module(Path(records), Path(cache), batch_size=batch, num_workers=workers)
         dm.prepare_data()
         dm.setup("fit")
         data_s = time.perf_counter() - start
-        model = CLaSPModule()
+        model = pretrain_model()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         startup_s = time.perf_counter() - start
@@ -288,9 +299,7 @@ def saved_bytes_per_step(model, batches) -> list[tuple[int, int]]:
 
 
 def bench_atom_budget(records: Path, cache: Path, batch: int, budget: int, steps: int) -> dict:
-    from clasp_pl.models.clasp import CLaSPModule
-
-    model = CLaSPModule()
+    model = pretrain_model()
     results = {}
     for name, options in (("batch", {}), ("budget", {"atom_budget": budget})):
         dm = data_module(records, cache, batch_size=batch if not options else 4 * batch, **options)
@@ -357,12 +366,11 @@ def _recall_rank(rank: int, port: int, out_dir: str, pairs: int, dim: int) -> No
 
 def bench_embed_and_search(records: Path, embed_sample: int, index_size: int, queries: int) -> dict:
     from clasp_pl.api import embed_dim, embed_structures, embed_texts
-    from clasp_pl.models.clasp import CLaSPModule
     from clasp_pl.search.hybrid import hybrid_search, lexical_index
     from clasp_pl.search.index import EmbeddingIndex, write_index
 
     torch.set_num_threads(1)  # per-core figures
-    model = CLaSPModule().eval()
+    model = pretrain_model().eval()
     sample = list(itertools.islice(iter_records(records), embed_sample))
     start = time.process_time()
     embed_structures(model, sample)
