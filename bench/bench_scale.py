@@ -8,9 +8,9 @@ Stages (each row of the table says whether it was measured here or extrapolated,
 3. **featurize** the crystal-graph store (``--workers`` processes; graphs/s/core over the CPU
    time of this process and its children), then the token and cached text-feature stores of the
    default data module; bytes on disk per structure;
-4. **train** with 2-process gloo DDP (the default model: CGCNN + frozen MiniLM with cached text
-   features, as ``conf/model/clasp.yaml``; ``torch.nn.parallel.DistributedDataParallel``, AdamW) for ``--steps`` steps over the
-   cached data of ``--n`` and of a ``--small`` prefix, with ``num_workers`` 0 and 2: start-up
+4. **train** with 2-process gloo DDP (the model of ``conf/model/clasp.yaml``: CGCNN + frozen
+   MiniLM with cached text features; ``torch.nn.parallel.DistributedDataParallel``, AdamW) for
+   ``--steps`` steps over the cached data of ``--n`` and of a ``--small`` prefix, with ``num_workers`` 0 and 2: start-up
    (data module prepare + setup on the existing cache, model build), peak RSS of each training
    process (``VmHWM``), samples/s and the loader stall share (time in ``next(loader)`` over step
    time), after ``WARMUP`` steps;
