@@ -211,6 +211,8 @@ def bench_featurize(records: Path, cache: Path, workers: int) -> dict[str, float
 
 def endless(loader) -> Iterator:
     """The batches of ``loader``, epoch after epoch (a small prefix has few batches per epoch)."""
+    if len(loader) == 0:
+        raise ValueError("the training split has fewer pairs than one global batch")
     for epoch in itertools.count():
         loader.sampler.set_epoch(epoch)
         yield from loader
