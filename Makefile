@@ -16,12 +16,13 @@ FOLDS    ?= 5
 CV_OUT   ?= runs/cv/default
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+N        ?= 25000
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 PRETRAIN_CONFIGS := --preset pretrain
 
-.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval cv finetune probe bench test lint clean-cache
+.PHONY: help install pretrain pretrain-composition smoke slurm-pretrain eval-retrieval cv finetune probe bench bench-scale test lint clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,6 +64,9 @@ probe: install  ## linear probes: pretrained crystal encoder vs random init (CKP
 
 bench: install  ## run the benchmarks and write bench/results.md (BENCH_ARGS=--quick for a smoke run)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+bench-scale: install  ## paper-scale benchmark on N generated structures (N=25000; data in data/scale), its section of bench/results.md
+	$(BIN)/python bench/bench_scale.py --n $(N) --work data/scale --results bench/results.md $(BENCH_ARGS)
 
 test: install  ## run the test suite (PYTEST_ARGS="-m 'not ddp'" to narrow it)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -110,6 +110,10 @@ class CrystalTextDataset(Dataset):
         sample["item_id"] = np.array([item_id], np.int64)
         return sample
 
+    def site_counts(self) -> np.ndarray:
+        """``[len(self)]`` int64 sites of each pair's crystal (from the store's offsets alone)."""
+        return self.graphs.lengths("species_per_site")[self.item_ids]
+
 
 class SplitDataModule(L.LightningDataModule):
     """A data module built from cached stores, whose train/val/test loaders differ only by split.
@@ -218,13 +222,16 @@ class CrystalTextDataModule(SplitDataModule):
             test = fold ``fold``, val = the share ``split_fractions[1]`` of the other papers);
             None for the ``split_fractions`` split.
         fold: the fold of a k-fold split.
-        batch_size: training pairs per process per step.
+        batch_size: training pairs per process per step (the most, with ``atom_budget``).
         eval_batch_size: pairs per batch in validation/test.
         num_workers: DataLoader workers.
         prepare_workers: processes used to featurize the cache.
         structure_captions: chance in [0, 1] that a training pair's text is its structure's
             caption instead of its title (:mod:`clasp_pl.data.caption_mixing`); 0 = titles only.
             Validation and test always use titles.
+        atom_budget: pack training batches to at most this many sites per process
+            (:class:`~clasp_pl.data.loading.AtomBudgetBatchSampler`: bounded memory under a wide
+            size distribution, equal batch sizes across ranks); ``None``: ``batch_size`` pairs.
     """
 
     records_hint = "make one with `clasp data ingest`, or leave data.records unset for the default"
@@ -252,6 +259,7 @@ class CrystalTextDataModule(SplitDataModule):
         num_workers: int = 0,
         prepare_workers: int = 1,
         structure_captions: float = 0.0,
+        atom_budget: int | None = None,
     ):
         if not 0.0 <= structure_captions <= 1.0:
             raise ValueError(f"data.structure_captions={structure_captions} is not in [0, 1]")
@@ -281,6 +289,7 @@ class CrystalTextDataModule(SplitDataModule):
         self.num_folds = num_folds
         self.fold = fold
         self.structure_captions = structure_captions
+        self.atom_budget = atom_budget
         self.datasets: dict[str, CrystalTextDataset] = {}
         self.pad_token_id = 0
 
@@ -385,13 +394,17 @@ class CrystalTextDataModule(SplitDataModule):
             "collate_fn": self._collate,
             "persistent_workers": self.num_workers > 0,
         }
+        dataset = self.datasets[split]
+        if train and self.atom_budget is not None:
+            options["atom_budget"] = self.atom_budget
+            options["sites"] = dataset.site_counts()
         if train and self.structure_caption_stores is not None:  # titles mixed with captions
-            captioned = WithStructureCaptions(self.datasets[split], self.structure_caption_stores)
+            captioned = WithStructureCaptions(dataset, self.structure_caption_stores)
             del options["collate_fn"]
             probability, pad = self.structure_captions, self.pad_token_id
             return CaptionMixingLoader(captioned, self.batch_size, probability, pad, **options)
         if train:  # full batches in an order set by (seed, epoch), resumable mid-epoch
-            return ResumableDataLoader(self.datasets[split], self.batch_size, **options)
+            return ResumableDataLoader(dataset, self.batch_size, **options)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, **options)
 
     def _collate(self, samples: Sequence[dict]) -> PairBatch:
