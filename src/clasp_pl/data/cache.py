@@ -163,7 +163,7 @@ def _run_shard(args: tuple[ShardFn, Path, Sequence]) -> tuple[str, int, list[Rej
 
 def build_store(
     root: str | Path,
-    inputs: Sequence,
+    inputs: Sequence | Callable[[], Sequence],
     shard_fn: ShardFn,
     key: dict,
     source: str,
@@ -175,7 +175,8 @@ def build_store(
 
     Args:
         root: store folder.
-        inputs: the items to process, in order (e.g. record lines).
+        inputs: the items to process, in order (e.g. record lines), or a function returning
+            them, called only when something has to be built.
         shard_fn: maps a slice of inputs to a :class:`ShardResult` (the items to store and the
             rejected inputs). Must be picklable (a module-level function or
             ``functools.partial``) when ``workers > 1``.
@@ -195,6 +196,7 @@ def build_store(
     with _exclusive_build(root):
         if _finished(root, wanted):  # another process built it while this one waited
             return ArrayStore(root), []
+        inputs = inputs() if callable(inputs) else inputs
         return _build(root, inputs, shard_fn, wanted, shard_size, workers, desc)
 
 

@@ -258,7 +258,9 @@ def build_structure_caption_stores(
     texts, _ = build_record_store(
         records, root / "texts", shard_fn, key, "structure captions", workers
     )
-    source = RecordSource(caption_record_lines(texts), f"{records.fingerprint}:{key_hash(key)}")
+    source = RecordSource(
+        lambda: caption_record_lines(texts), f"{records.fingerprint}:{key_hash(key)}"
+    )
     fields: Sequence[str] = (CAPTION_FIELD,)
     tokens = build_token_store(source, root / "tokens", text_model, fields, max_length)
     features = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -306,25 +307,35 @@ class CrystalTextDataModule(SplitDataModule):
             and self.cache_text_features
         )
 
-    def record_lines(self) -> RecordLines:
-        """The records (with the keywords file applied) as JSON lines, the fingerprint of the
-        structures (records file) and that of the text (records file + keywords file).
+    def record_fingerprints(self) -> tuple[str, str]:
+        """The fingerprint of the structures (the records file's sha256) and that of the text
+        (records file + keywords file)."""
+        structures = file_fingerprint(self.records)
+        if not self.keywords:
+            return structures, structures
+        return structures, structures + ":" + file_fingerprint(self.keywords)
+
+    def read_lines(self) -> list[str]:
+        """The records (with the keywords file applied) as JSON lines, in file order.
 
         With a keywords file, logs how many records it matched and warns when none."""
         lines = list(iter_record_lines(self.records))
-        structures = source = file_fingerprint(self.records)
         if self.keywords:
             from clasp_pl.data.keywords import apply_keyword_file
 
             records = [CrystalRecord.from_json(line) for line in lines]
             lines = [record.to_json() for record in apply_keyword_file(records, self.keywords)]
-            source += ":" + file_fingerprint(self.keywords)
-        return RecordLines(lines, structures, source)
+        return lines
+
+    def record_lines(self) -> RecordLines:
+        """:meth:`read_lines` and :meth:`record_fingerprints` together."""
+        return RecordLines(self.read_lines(), *self.record_fingerprints())
 
     def _build(self) -> tuple[ArrayStore, ArrayStore, dict[str, ArrayStore]]:
-        records = self.record_lines()
-        structures = RecordSource(records.lines, records.structures)
-        texts = RecordSource(records.lines, records.text)
+        structure_source, text_source = self.record_fingerprints()
+        lines = functools.cache(self.read_lines)  # read only if some store must be built
+        structures = RecordSource(lines, structure_source)
+        texts = RecordSource(lines, text_source)
         root, workers = self.cache_root, self.prepare_workers
         graphs, _ = build_graph_store(structures, root / "graphs", self.graph, workers)
         captions = (self.caption_fields, self.max_length)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,24 +62,30 @@ IndexedLines = Sequence[tuple[int, str]]  # a shard's inputs: (record_index, rec
 log = rank_zero_logger(__name__)
 
 
-@dataclass(frozen=True)
 class RecordSource:
     """The records a store is computed from.
 
     Attributes:
-        lines: one JSON record per line, in records-file order (a line's position is its
-            ``record_index``).
         fingerprint: the source fingerprint of stores built from these lines (the records
             file's sha256, with the keywords file's appended when one was applied).
     """
 
-    lines: list[str]
-    fingerprint: str
+    def __init__(self, lines: Sequence[str] | Callable[[], Sequence[str]], fingerprint: str):
+        self._lines = lines
+        self.fingerprint = fingerprint
+
+    @functools.cached_property
+    def lines(self) -> Sequence[str]:
+        """One JSON record per line, in records-file order (a line's position is its
+        ``record_index``). A source made with a loader reads them on first use only: a store
+        that is already complete never needs them, so opening a full cache (every rank of a
+        DDP run) does not hold the records in memory."""
+        return self._lines() if callable(self._lines) else self._lines
 
     @classmethod
     def read(cls, path: str | Path) -> RecordSource:
-        """The lines of a records file and the sha256 of its bytes."""
-        return cls(list(iter_record_lines(path)), file_fingerprint(path))
+        """The lines of a records file (read when first needed) and the sha256 of its bytes."""
+        return cls(lambda: list(iter_record_lines(path)), file_fingerprint(path))
 
 
 def log_rejects(rejects: Sequence[Reject], store: str) -> None:
@@ -113,7 +118,7 @@ def build_record_store(
         records = RecordSource.read(records)
     store, rejects = build_store(
         root,
-        list(enumerate(records.lines)),
+        lambda: list(enumerate(records.lines)),
         shard_fn,
         key=key,
         source=records.fingerprint,
