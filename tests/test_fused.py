@@ -11,10 +11,12 @@ import pytest
 import torch
 from pymatgen.symmetry.groups import SpaceGroup
 
+from clasp_pl.api import embed_structures, load_model, reads_composition
 from clasp_pl.commands.fit import CLaSPCLI, expand_presets
 from clasp_pl.data.composition import SPACE_GROUP
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.labels import CRYSTAL_SYSTEMS
+from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.models.fused import (
@@ -164,3 +166,19 @@ def test_composition_preset_is_the_reference_recipe(tmp_path, records_file):
         1.0,
     )
     assert model.loss_fn.logit_scale_value == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+def test_embedding_new_structures_gives_the_training_path_s_embeddings(
+    batch, records_file, tmp_path
+):
+    """``clasp embed``/``clasp search``/the map go through :func:`api.embed_structures`: for a
+    tower that reads composition descriptors it computes them itself, and a structure gets the
+    embedding the data module's cached descriptors give."""
+    ckpt = save_lightning_checkpoint(fused_module(), tmp_path / "fused.ckpt")
+    model = load_model(ckpt)
+    assert reads_composition(model)
+    lines = list(iter_record_lines(records_file))
+    records = [CrystalRecord.from_json(lines[int(i)]) for i in batch["record_index"]]
+    with torch.no_grad():
+        expected = model.encode_crystals(batch)
+    assert torch.allclose(embed_structures(model, records, batch_size=5), expected, atol=1e-5)

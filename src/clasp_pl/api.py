@@ -20,8 +20,9 @@ import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from pymatgen.core import Structure
 from torch import Tensor
@@ -29,9 +30,10 @@ from torch import Tensor
 from clasp_pl.checkpoints import CheckpointSettings, read_settings
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import collate_graphs
+from clasp_pl.data.composition import composition_features
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord
-from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
+from clasp_pl.models.clasp import COMPOSITION_TOWERS, CLaSPModule, HeadsConfig
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import encode_captions, pad_token_ids
 
@@ -118,6 +120,39 @@ def embed_texts(
     return out
 
 
+class CrystalInput(NamedTuple):
+    """What a crystal tower reads of one structure.
+
+    Attributes:
+        graph: the crystal graph (every tower but the composition-only baseline reads it).
+        composition: the ``[333]`` composition/symmetry descriptor
+            (:func:`~clasp_pl.data.composition.composition_features`), for the towers that read
+            it (:func:`reads_composition`); ``None`` for the others.
+    """
+
+    graph: CrystalGraph
+    composition: np.ndarray | None = None
+
+
+def reads_composition(model: CLaSPModule) -> bool:
+    """Whether the model's crystal tower reads composition descriptors (``composition``,
+    ``fused``) besides or instead of the graph."""
+    return model.hparams.get("crystal_encoder", "cgcnn") in COMPOSITION_TOWERS
+
+
+def crystal_input(
+    structure: Structure, config: GraphConfig, with_composition: bool
+) -> CrystalInput:
+    """The :class:`CrystalInput` of one structure (graph with the model's ``config``).
+
+    Raises:
+        ValueError: for a structure that cannot become a graph or descriptor (an element
+            beyond Z = 100).
+    """
+    graph = structure_to_graph(structure, config)
+    return CrystalInput(graph, composition_features(structure) if with_composition else None)
+
+
 def embed_structures(
     model: CLaSPModule,
     structures_or_records: Iterable[Structure | CrystalRecord],
@@ -125,27 +160,33 @@ def embed_structures(
 ) -> Tensor:
     """Crystal embeddings ``[N, D]`` of pymatgen structures or records, in input order.
 
-    Graphs are built with the model's own :class:`~clasp_pl.data.graphs.GraphConfig`.
+    Graphs are built with the model's own :class:`~clasp_pl.data.graphs.GraphConfig`, and
+    composition descriptors computed for the towers that read them.
 
     Raises:
         ValueError: for a structure that cannot become a graph (an element beyond Z = 100).
     """
-    config = graph_config(model)
-    graphs = (
-        structure_to_graph(item.to_structure() if isinstance(item, CrystalRecord) else item, config)
+    config, with_composition = graph_config(model), reads_composition(model)
+    inputs = (
+        crystal_input(
+            item.to_structure() if isinstance(item, CrystalRecord) else item,
+            config,
+            with_composition,
+        )
         for item in structures_or_records
     )
-    return embed_graphs(model, graphs, batch_size)
+    return embed_graphs(model, inputs, batch_size)
 
 
 @torch.inference_mode()
 def embed_graphs(
-    model: CLaSPModule, graphs: Iterable[CrystalGraph], batch_size: int = 128
+    model: CLaSPModule, crystals: Iterable[CrystalGraph | CrystalInput], batch_size: int = 128
 ) -> Tensor:
-    """Crystal embeddings ``[N, D]`` of crystal graphs, consumed lazily in batches (a stream of
-    millions never lives in memory at once), in input order."""
+    """Crystal embeddings ``[N, D]`` of crystal graphs (or :class:`CrystalInput` s, for a tower
+    that also reads composition descriptors), consumed lazily in batches (a stream of millions
+    never lives in memory at once), in input order."""
     chunks = []
-    for batch in _batches(graphs, batch_size):
+    for batch in _batches(crystals, batch_size):
         collated = graph_batch(batch)
         inputs = {
             k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in collated.items()
@@ -156,9 +197,16 @@ def embed_graphs(
     return torch.cat(chunks)
 
 
-def graph_batch(graphs: Sequence[CrystalGraph]) -> dict:
-    """Collate graphs into the crystal part of the training batch format."""
-    return collate_graphs([vars(graph) for graph in graphs])
+def graph_batch(crystals: Sequence[CrystalGraph | CrystalInput]) -> dict:
+    """Collate graphs into the crystal part of the training batch format, with
+    ``composition_features [B, 333]`` when the inputs carry descriptors."""
+    inputs = [c if isinstance(c, CrystalInput) else CrystalInput(c) for c in crystals]
+    batch = dict(collate_graphs([vars(item.graph) for item in inputs]))
+    if inputs and inputs[0].composition is not None:
+        batch["composition_features"] = torch.from_numpy(
+            np.stack([item.composition for item in inputs]).astype(np.float32)
+        )
+    return batch
 
 
 def score(query_emb: Tensor, index_emb: Tensor) -> Tensor:

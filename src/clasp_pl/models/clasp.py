@@ -84,6 +84,10 @@ torch.serialization.add_safe_globals(
 CrystalTower = CGCNN | CompositionFeatures | FusedCrystalTower
 
 
+COMPOSITION_TOWERS = ("composition", "fused")
+"""Crystal towers that read composition descriptors (``data.composition_features: true``)."""
+
+
 def crystal_tower(
     encoder: Literal["cgcnn", "composition", "fused"],
     crystal: CGCNNConfig,

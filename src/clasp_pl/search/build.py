@@ -17,9 +17,16 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from clasp_pl.api import embed_graphs, graph_config, load_model
+from clasp_pl.api import (
+    CrystalInput,
+    crystal_input,
+    embed_graphs,
+    graph_config,
+    load_model,
+    reads_composition,
+)
 from clasp_pl.data.cif import DEFAULT_MAX_ATOMS
-from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
+from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table, parallel_map
 from clasp_pl.data.records import CrystalRecord, iter_record_lines
 from clasp_pl.data.rejects import Reject
@@ -77,12 +84,16 @@ class IndexSummary:
         return self.out / REJECTS
 
 
-def featurize_record(line: str, config: GraphConfig) -> tuple[CrystalGraph, dict] | Reject:
-    """Graph and meta line of one records-file line; a failure becomes a reject."""
+def featurize_record(
+    line: str, config: GraphConfig, with_composition: bool = False
+) -> tuple[CrystalInput, dict] | Reject:
+    """Tower input (graph, and composition descriptor ``with_composition``) and meta line of
+    one records-file line; a failure becomes a reject."""
     record = CrystalRecord.from_json(line)
     try:
         structure = record.to_structure()
-        return structure_to_graph(structure, config), record_meta(record, structure)
+        crystal = crystal_input(structure, config, with_composition)
+        return crystal, record_meta(record, structure)
     except Exception as error:  # noqa: BLE001 - one bad structure must not stop the index
         return Reject(record.source, record.id, "featurization_failed", str(error))
 
@@ -123,7 +134,9 @@ def build_index(
         progress=options.progress,
     )
     results = parallel_map(
-        partial(featurize_record, config=graph_config(model)),
+        partial(
+            featurize_record, config=graph_config(model), with_composition=reads_composition(model)
+        ),
         list(iter_record_lines(out / RECORDS)),
         workers=options.workers,
         progress=options.progress,
@@ -132,7 +145,7 @@ def build_index(
     meta: list[dict] = []
     failed: list[Reject] = []
 
-    def graphs() -> Iterator[CrystalGraph]:
+    def graphs() -> Iterator[CrystalInput]:
         for result in results:
             if isinstance(result, Reject):
                 failed.append(result)

@@ -15,9 +15,16 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from clasp_pl.api import embed_graphs, graph_config, load_model
+from clasp_pl.api import (
+    CrystalInput,
+    crystal_input,
+    embed_graphs,
+    graph_config,
+    load_model,
+    reads_composition,
+)
 from clasp_pl.data.datamodule import records_cache_root
-from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
+from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.parallel import parallel_map
 from clasp_pl.data.records import CrystalRecord, iter_record_lines, write_records
 from clasp_pl.search.index import INFO, checkpoint_sha256, describe_model, write_index
@@ -28,7 +35,7 @@ log = logging.getLogger(__name__)
 
 """Default ``cache_dir``: where the data module keeps its caches."""
 
-Featurized = tuple[CrystalRecord, CrystalGraph, dict] | None
+Featurized = tuple[CrystalRecord, CrystalInput, dict] | None
 
 
 def records_index_folder(records: str | Path, ckpt: str | Path, cache_dir: str | Path) -> Path:
@@ -55,7 +62,7 @@ def records_index(
     model = load_model(ckpt, device)
     lines = list(iter_record_lines(records))
     results = parallel_map(
-        partial(_featurize, config=graph_config(model)),
+        partial(_featurize, config=graph_config(model), with_composition=reads_composition(model)),
         lines,
         workers=workers,
         progress=False,
@@ -64,7 +71,7 @@ def records_index(
     kept: list[CrystalRecord] = []
     meta: list[dict] = []
 
-    def graphs() -> Iterator[CrystalGraph]:
+    def graphs() -> Iterator[CrystalInput]:
         for result in results:
             if result is not None:
                 kept.append(result[0])
@@ -81,11 +88,12 @@ def records_index(
     return write_index(folder, embeddings, meta, describe_model(ckpt, model))
 
 
-def _featurize(line: str, config: GraphConfig) -> Featurized:
-    """``(record, graph, meta line)`` of one records-file line; None when it fails."""
+def _featurize(line: str, config: GraphConfig, with_composition: bool) -> Featurized:
+    """``(record, tower input, meta line)`` of one records-file line; None when it fails."""
     record = CrystalRecord.from_json(line)
     try:
         structure = record.to_structure()
-        return record, structure_to_graph(structure, config), record_meta(record, structure)
+        crystal = crystal_input(structure, config, with_composition)
+        return record, crystal, record_meta(record, structure)
     except Exception:  # noqa: BLE001 - one bad structure must not stop the index
         return None
