@@ -3,8 +3,6 @@ epoch, every item once per epoch, deterministic and resumable, and exact under 2
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import socket
 import sys
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from clasp_pl.data.records import write_records
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.text.config import TextConfig
 from helpers.data import TINY_GRAPH, first_records
+from helpers.ddp import run_ranks
 
 BUDGET = 60
 MAX_BATCH = 6
@@ -233,30 +232,11 @@ def _ddp_rank(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_steps(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Spawn the two gloo ranks once; fail (not hang) after ``DDP_TIMEOUT_S``."""
     out_dir = tmp_path_factory.mktemp("atom_budget_ddp")
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_ddp_rank, args=(r, port, str(out_dir))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=DDP_TIMEOUT_S)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    assert not hung, f"DDP ranks did not finish within {DDP_TIMEOUT_S} s"
-    assert [p.exitcode for p in procs] == [0, 0]
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_ddp_rank, WORLD, out_dir, DDP_TIMEOUT_S)
 
 
 @pytest.mark.ddp

@@ -4,8 +4,6 @@ single-process gradients of the loss on the whole global batch, in global and lo
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clasp_pl.losses import LOSS_KINDS, ContrastiveLoss, distributed_world_size, gather_batch
+from helpers.ddp import free_port, run_ranks
 
 pytestmark = pytest.mark.ddp
 
@@ -94,30 +93,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Spawn the 2 ranks once for all cases; fail (not hang) after ``TIMEOUT_S``."""
     out_dir = tmp_path_factory.mktemp("ddp_losses")
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(out_dir))) for r in range(WORLD_SIZE)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=TIMEOUT_S)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    assert not hung, f"DDP workers did not finish within {TIMEOUT_S} s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_ranks(_worker, WORLD_SIZE, out_dir, TIMEOUT_S)
 
 
 @pytest.mark.parametrize(("kind", "local_loss", "groups"), CASES)

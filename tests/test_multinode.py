@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.training.callbacks import ResumeState, StopAfterSteps
 from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
 from helpers.data import REPO
+from helpers.ddp import free_port
 
 CONF = REPO / "conf"
 BASE_CONFIGS = ["trainer/cpu.yaml", "data/amcsd.yaml", "model/clasp.yaml", "model/tiny.yaml"]
@@ -154,12 +154,6 @@ def test_sbatch_script_is_valid_bash():
 
 
 # ----------------------------------------------------------------------------- two nodes
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def node_overlay(node: Path, records_file: Path) -> Path:
     """Per-node settings: a few steps, step records and checkpoints under the node's folder."""
     config = {

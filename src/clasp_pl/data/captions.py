@@ -50,7 +50,7 @@ from clasp_pl.data.featurize import (
     build_token_store,
     featurize_records,
 )
-from clasp_pl.data.labels import SYMPREC, mineral_class_of
+from clasp_pl.data.labels import CLASS_NOUNS, SYMPREC, mineral_class_of
 from clasp_pl.data.records import CrystalRecord, stable_hash64
 from clasp_pl.data.symmetry import space_group
 from clasp_pl.text.tower import TextTower
@@ -59,18 +59,6 @@ from clasp_pl.text.tower import TextTower
 # the templates change, so cached caption texts, tokens and text features are recomputed.
 CAPTION_RECIPE_VERSION = 1
 INTEGER_SNAP = 0.02  # an amount this close to an integer is written as that integer
-# Singular noun of each labels.MINERAL_CLASSES class.
-CLASS_NOUNS = {
-    "elements": "native element or alloy",
-    "sulfides": "sulfide",
-    "halides": "halide",
-    "oxides": "oxide",
-    "carbonates": "carbonate",
-    "borates": "borate",
-    "sulfates": "sulfate",
-    "phosphates": "phosphate",
-    "silicates": "silicate",
-}
 # The caption field of the caption stores' records (see caption_record_lines).
 CAPTION_FIELD = "title"
 _ONE = re.compile(r"[A-Za-z]1$")  # an amount of exactly 1 in a formula term

@@ -67,6 +67,18 @@ MINERAL_CLASSES = (
     "phosphates",
     "silicates",
 )
+CLASS_NOUNS = {
+    "elements": "native element or alloy",
+    "sulfides": "sulfide",
+    "halides": "halide",
+    "oxides": "oxide",
+    "carbonates": "carbonate",
+    "borates": "borate",
+    "sulfates": "sulfate",
+    "phosphates": "phosphate",
+    "silicates": "silicate",
+}
+"""The singular noun of each :data:`MINERAL_CLASSES` name, for captions and queries in words."""
 # (class, elements of which one must be present) for the classes that need oxygen, in order.
 _OXYANION_RULES = (
     ("silicates", {"Si", "Ge"}),

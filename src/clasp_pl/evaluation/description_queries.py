@@ -34,7 +34,12 @@ import torch
 from torch import Tensor
 
 from clasp_pl.api import embed_texts
-from clasp_pl.data.labels import CRYSTAL_SYSTEMS, crystal_system_index, mineral_class_of
+from clasp_pl.data.labels import (
+    CLASS_NOUNS,
+    CRYSTAL_SYSTEMS,
+    crystal_system_index,
+    mineral_class_of,
+)
 from clasp_pl.data.records import CrystalRecord
 from clasp_pl.models.clasp import CLaSPModule
 from clasp_pl.search.lexical import LexicalIndex
@@ -42,18 +47,6 @@ from clasp_pl.search.lexical import LexicalIndex
 MIN_RELEVANT = 5
 """Queries with fewer relevant structures in the split are left out."""
 TOP_K = 10
-CLASS_NOUNS = {
-    "elements": "native element or alloy",
-    "sulfides": "sulfide",
-    "halides": "halide",
-    "oxides": "oxide",
-    "carbonates": "carbonate",
-    "borates": "borate",
-    "sulfates": "sulfate",
-    "phosphates": "phosphate",
-    "silicates": "silicate",
-}
-"""The noun of each :data:`~clasp_pl.data.labels.MINERAL_CLASSES` name in a query."""
 
 
 class DescriptionQuery(NamedTuple):
