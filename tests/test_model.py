@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.models.cgcnn import CGCNNConfig
 from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, LossConfig, OptimConfig
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.tower import TextTower
-from helpers.data import TINY_GRAPH
+from helpers.data import TINY_GRAPH, data_module
 from helpers.lightning import quiet_trainer, save_lightning_checkpoint
 
 
@@ -30,24 +29,6 @@ def tiny_module(text: TextConfig, init_from: str | None = None, **heads) -> CLaS
         optim=OptimConfig(warmup_steps=2),
         init_from=init_from,
     )
-
-
-def data_module(records_file, tmp_path, text: TextConfig, **kwargs) -> CrystalTextDataModule:
-    dm = CrystalTextDataModule(
-        records=str(records_file),
-        cache_dir=str(tmp_path / "cache"),
-        text=text,
-        caption_fields=["title"],
-        max_length=32,
-        graph=TINY_GRAPH,
-        split_fractions=(0.6, 0.2, 0.2),
-        batch_size=16,
-        eval_batch_size=32,
-        **kwargs,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def test_collated_batch_is_consistent(records_file, tmp_path):

@@ -21,28 +21,10 @@ from clasp_pl.models.clasp import CLaSPModule, HeadsConfig, OptimConfig
 from clasp_pl.text.config import TextConfig
 from clasp_pl.text.layers import transformer_layers
 from clasp_pl.text.tower import TextTower
-from helpers.data import TINY_GRAPH
+from helpers.data import TINY_GRAPH, data_module
 from helpers.lightning import quiet_trainer
 
 TOP2 = TextConfig(model="minilm", freeze=False, trainable_layers=2)
-
-
-def data_module(records_file, tmp_path, text: TextConfig, **kwargs) -> CrystalTextDataModule:
-    dm = CrystalTextDataModule(
-        records=str(records_file),
-        cache_dir=str(tmp_path / "cache"),
-        text=text,
-        caption_fields=["title"],
-        max_length=32,
-        graph=TINY_GRAPH,
-        split_fractions=(0.6, 0.2, 0.2),
-        batch_size=16,
-        eval_batch_size=32,
-        **kwargs,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def small_module(text: TextConfig) -> CLaSPModule:
