@@ -28,7 +28,7 @@ import numpy as np
 from pymatgen.core import Element
 
 from clasp_pl.data.cache import file_fingerprint
-from clasp_pl.data.cif import CifError, parse_cif
+from clasp_pl.data.cif import DEFAULT_MAX_ATOMS, CifError, parse_cif
 from clasp_pl.data.cif_sites import OccupancyPolicy
 from clasp_pl.data.ingest import resolution_meta, write_outputs
 from clasp_pl.data.parallel import parallel_map
@@ -323,7 +323,7 @@ def row_group(row: AmcsdRow, title: str) -> str:
 def row_to_record(
     row: AmcsdRow,
     *,
-    max_atoms: int = 200,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
     max_cell_atoms: int | None = None,
     occupancy: OccupancyPolicy = "mixed",
     check_formula: bool = True,
@@ -391,7 +391,7 @@ def build_default(
     db: str | Path | None,
     out: str | Path,
     *,
-    max_atoms: int = 200,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
     max_cell_atoms: int | None = None,
     occupancy: OccupancyPolicy = "mixed",
     check_formula: bool = True,
