@@ -72,8 +72,24 @@ class RecordLines(NamedTuple):
     text: str
 
 
+class PairIds(NamedTuple):
+    """What a pair needs of the graph store besides the graph itself, for every item.
+
+    Attributes:
+        record_index: ``[N]`` int64 record of each graph-store item.
+        group_id: ``[N]`` int64 paper of each graph-store item.
+    """
+
+    record_index: np.ndarray
+    group_id: np.ndarray
+
+
 class CrystalTextDataset(Dataset):
-    """Pairs (crystal graph, caption tokens) for the graph-store items ``item_ids``."""
+    """Pairs (crystal graph, caption tokens) for the graph-store items ``item_ids``.
+
+    ``graph_free``: the record and paper of every item, read once by the data module; given,
+    samples carry no graph (``data.crystal_graphs: false``) and never read a graph's arrays.
+    """
 
     def __init__(
         self,
@@ -81,28 +97,25 @@ class CrystalTextDataset(Dataset):
         tokens: ArrayStore,
         item_ids: np.ndarray,
         per_record: dict[str, ArrayStore] | None = None,
-        with_graphs: bool = True,
+        graph_free: PairIds | None = None,
     ):
         self.graphs = graphs
         self.tokens = tokens
         self.per_record = per_record or {}
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
-        self.with_graphs = with_graphs
-        # a graph-free sample reads only these two fields, once, not each graph's arrays
-        self.record_index = graphs.field("record_index") if not with_graphs else None
-        self.group_id = graphs.field("group_id") if not with_graphs else None
+        self.graph_free = graph_free
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def __getitem__(self, position: int) -> dict[str, np.ndarray]:
         item_id = int(self.item_ids[position])
-        if self.with_graphs:
+        if self.graph_free is None:
             sample = dict(self.graphs[item_id])
         else:
             sample = {
-                "record_index": self.record_index[item_id : item_id + 1],
-                "group_id": self.group_id[item_id : item_id + 1],
+                "record_index": self.graph_free.record_index[item_id : item_id + 1],
+                "group_id": self.graph_free.group_id[item_id : item_id + 1],
             }
         record_index = int(sample["record_index"][0])
         sample["input_ids"] = self.tokens[record_index]["input_ids"]
@@ -385,17 +398,17 @@ class CrystalTextDataModule(SplitDataModule):
             if not finite.all():
                 log.info("%d structures have no composition features; left out", (~finite).sum())
             usable &= finite
+        group_id = graphs.field("group_id")
         parts = split_indices(
-            graphs.field("group_id"),
+            group_id,
             self.split_fractions,
             self.split_seed,
             self.num_folds,
             self.fold,
         )
+        graph_free = None if self.crystal_graphs else PairIds(record_index, group_id)
         self.datasets = {
-            name: CrystalTextDataset(
-                graphs, tokens, ids[usable[ids]], per_record, with_graphs=self.crystal_graphs
-            )
+            name: CrystalTextDataset(graphs, tokens, ids[usable[ids]], per_record, graph_free)
             for name, ids in parts.items()
         }
 
