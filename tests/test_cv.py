@@ -12,7 +12,7 @@ import pytest
 
 from clasp_pl.checkpoints import find_checkpoint, read_settings
 from clasp_pl.cli import main
-from clasp_pl.evaluation.cv_table import HYBRID_ROW, CVTable, aggregate, merge
+from clasp_pl.evaluation.cv_table import HYBRID_ROW, CVTable, aggregate, merge, restrict
 from clasp_pl.evaluation.split import load_datamodule
 from helpers.data import REPO
 from helpers.fit import TINY_CONFIGS
@@ -184,3 +184,45 @@ def test_aggregate_names_the_hybrid_row_across_folds_and_merge_checks_folds():
     three_folds = aggregate([*reports, fake_report(0.1, 0.1)], {"x": reports}, {"x": info})
     with pytest.raises(ValueError, match="folds"):
         merge([("base", table), ("x", three_folds)])
+
+
+def test_only_folds_runs_a_subset_that_merges_with_a_full_run_cut_to_it(
+    cv_run, records_file, tmp_path, monkeypatch
+):
+    import shutil
+
+    shutil.copytree(cv_run / "cv", tmp_path / "part")
+    shutil.rmtree(tmp_path / "part" / "model" / "fold-0")  # fold 0 is not needed: not redone
+    monkeypatch.chdir(tmp_path)
+    command = cv_command(records_file)
+    command[command.index("--out") + 1] = "part"
+    assert main([*command, "--only-folds", "1"]) == 0
+    assert not (tmp_path / "part" / "model" / "fold-0").exists()
+    part = CVTable.load(tmp_path / "part" / "cv.json")
+    full = CVTable.load(cv_run / "cv" / "cv.json")
+    assert (part.folds, part.fold_ids, part.all_folds) == (FOLDS, [1], False)
+    assert part.rows["model"]["t2s_group_R@10"].per_fold == [
+        full.rows["model"]["t2s_group_R@10"].per_fold[1]
+    ]
+    assert "Folds 1 of a 2-fold" in (tmp_path / "part" / "cv.md").read_text()
+    with pytest.raises(ValueError, match="folds"):
+        merge([("full", full), ("part", part)])
+    assert main(["cv", "table", "--folds", "1", str(cv_run / "cv"), "part=part"]) == 0
+    assert main(["cv", "table", "--folds", "0", "part"]) == 2  # fold 0 is not in that run
+    assert main([*command, "--only-folds", "2"]) == 2  # only 2 folds
+
+
+def test_restrict_cuts_every_statistic_to_the_folds():
+    reports = [fake_report(0.5, 0.1, 10), fake_report(0.7, 0.3, 12), fake_report(0.9, 0.3, 14)]
+    info = {"fit_args": [], "fit_seconds": 1.0}
+    table = aggregate(reports, {"model": reports}, {"model": info})
+    table.screening["model"] = {"pooled": True}
+    cut = restrict(table, [2, 0])
+    stat = cut.rows["model"]["t2s_group_R@10"]
+    assert stat.per_fold == [0.9, 0.5] and stat.mean == pytest.approx(0.7)
+    assert (cut.fold_ids, cut.pairs_per_fold, cut.screening) == ([2, 0], [14, 10], {})
+    assert restrict(table, [0, 1, 2]).screening == table.screening
+    one = restrict(table, [1])
+    assert one.rows["model"]["t2s_group_R@10"].cell() == "0.700 (1 fold)"
+    with pytest.raises(ValueError, match="not in this run"):
+        restrict(one, [0])

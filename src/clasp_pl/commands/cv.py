@@ -6,6 +6,9 @@ Usage::
     clasp cv --folds 5 --out runs/cv/default --row "composition=--preset composition" \
         --preset pretrain --trainer.max_epochs 10
     clasp cv table runs/cv/default fused=runs/cv/fused --out runs/cv/ablation.md
+    clasp cv --folds 5 --only-folds 0 --out runs/cv/siglip --preset composition \
+        --model.loss.kind siglip                                          # a quick row: fold 0
+    clasp cv table --folds 0 runs/cv/composition siglip=runs/cv/siglip    # compared on fold 0
 
 Every option ``clasp cv`` does not know is a ``clasp fit`` argument of the main model (default
 ``--preset pretrain``). For fold ``f`` of ``K`` the model is trained with ``--data.num_folds K
@@ -167,13 +170,19 @@ def pooled_keyword_screening(runs: Sequence[FoldRun], keywords_file: Path | None
 
 
 def cross_validate(
-    out: Path, folds: int, rows: Sequence[TrainedRow], evaluation: FoldEvaluation
+    out: Path,
+    folds: int,
+    rows: Sequence[TrainedRow],
+    evaluation: FoldEvaluation,
+    fold_ids: Sequence[int] | None = None,
 ) -> cv_table.CVTable:
-    """Train and evaluate every row on every fold; write and return ``OUT/cv.json`` + ``cv.md``.
-    The first of ``rows`` is the main model (its reports give the baselines)."""
+    """Train and evaluate every row on every fold (or on the folds ``fold_ids`` only); write and
+    return ``OUT/cv.json`` + ``cv.md``. The first of ``rows`` is the main model (its reports
+    give the baselines)."""
+    fold_ids = list(range(folds)) if fold_ids is None else list(fold_ids)
     reports: dict[str, list[dict]] = {row.name: [] for row in rows}
     runs: dict[str, list[FoldRun]] = {row.name: [] for row in rows}
-    for fold in range(folds):
+    for fold in fold_ids:
         for row in rows:
             run = FoldRun(out / row.name / f"fold-{fold}")
             reports[row.name].append(run_fold(row, run, folds, fold, evaluation))
@@ -181,11 +190,11 @@ def cross_validate(
     trained = {
         row.name: {
             "fit_args": list(row.fit_args),
-            "fit_seconds": sum(r.fit_seconds() for r in runs[row.name]) / folds,
+            "fit_seconds": sum(r.fit_seconds() for r in runs[row.name]) / len(fold_ids),
         }
         for row in rows
     }
-    table = cv_table.aggregate(reports[rows[0].name], reports, trained)
+    table = cv_table.aggregate(reports[rows[0].name], reports, trained, folds, fold_ids)
     for row in rows:
         screening = pooled_keyword_screening(runs[row.name], evaluation.keywords_file)
         if screening is not None:
@@ -213,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="another model trained per fold with these `clasp fit` arguments, e.g. "
         '"composition=--preset composition" (repeatable)',
     )
+    parser.add_argument(
+        "--only-folds",
+        type=fold_list,
+        metavar="F,F...",
+        help="train and test these folds only (e.g. 0 or 0,1), for a quick ablation row; the "
+        "table says which (merge it with `clasp cv table --folds` of a full run)",
+    )
     parser.add_argument("--label", default=MAIN_ROW, help="the main model's row name (and folder)")
     parser.add_argument("--keywords", type=Path, help="keyword-screening YAML (as clasp eval)")
     parser.add_argument("--device", default=default_device(), help="torch device of evaluation")
@@ -226,8 +242,25 @@ def table_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "runs", nargs="+", metavar="[LABEL=]RUN", help="run folders (the first one whole)"
     )
+    parser.add_argument(
+        "--folds",
+        type=fold_list,
+        metavar="F,F...",
+        help="compare on these folds only (e.g. those of an --only-folds run)",
+    )
     parser.add_argument("--out", type=Path, help="write the table here too (markdown)")
     return parser
+
+
+def fold_list(text: str) -> list[int]:
+    """``"0,2"`` -> ``[0, 2]`` (argparse type of ``--only-folds``/``--folds``)."""
+    try:
+        folds = [int(word) for word in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of folds: {text!r}") from None
+    if len(set(folds)) < len(folds) or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"folds must be distinct and >= 0: {text!r}")
+    return folds
 
 
 def table_main(argv: Sequence[str]) -> int:
@@ -241,6 +274,8 @@ def table_main(argv: Sequence[str]) -> int:
             raise UserError(path, "no such file", "run `clasp cv --out FOLDER` first")
         tables.append((label if sep else Path(folder).name, cv_table.CVTable.load(path)))
     try:
+        if args.folds is not None:
+            tables = [(label, cv_table.restrict(table, args.folds)) for label, table in tables]
         merged = cv_table.merge(tables)
     except ValueError as error:
         raise UserError(args.runs[0], str(error), "merge runs of the same folds") from error
@@ -260,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, fit_args = build_parser().parse_known_args(argv)
     if args.folds < 2:
         raise UserError("--folds", f"{args.folds} folds", "use at least 2")
+    if args.only_folds and max(args.only_folds) >= args.folds:
+        raise UserError(
+            "--only-folds", f"{args.only_folds} of {args.folds} folds", "use 0..K-1 (K: --folds)"
+        )
     if args.keywords is not None and not args.keywords.is_file():
         raise UserError(args.keywords, "no such file (--keywords)", "check the path of --keywords")
     rows = [TrainedRow(args.label, tuple(fit_args) or DEFAULT_FIT)]
@@ -267,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len({row.name for row in rows}) < len(rows):
         raise UserError("--row", "two rows share a name", "give every row its own NAME")
     args.out.mkdir(parents=True, exist_ok=True)
-    cross_validate(args.out, args.folds, rows, FoldEvaluation(args.keywords, args.device))
+    evaluation = FoldEvaluation(args.keywords, args.device)
+    cross_validate(args.out, args.folds, rows, evaluation, args.only_folds)
     print((args.out / "cv.md").read_text())
     print(f"cv.json and cv.md in {args.out}/")
     return 0

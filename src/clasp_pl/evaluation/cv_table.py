@@ -8,7 +8,9 @@ A fold's report is the ``metrics.json`` of ``clasp eval`` on its test split
 - every trained row (the main model, and each ``--row NAME=...`` model trained per fold): the
   learned model's row of that row's reports, named after it.
 
-The std is the sample standard deviation over folds (``ddof=1``; 0 with one fold).
+The std is the sample standard deviation over folds (``ddof=1``; none with one fold). A run of
+some folds only (``clasp cv --only-folds``) records which (:attr:`CVTable.fold_ids`);
+:func:`restrict` cuts a full run's table to those folds so that the two can be merged.
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ class FoldStat:
         return cls(float(array.mean()), std, [float(v) for v in array])
 
     def cell(self) -> str:
+        """``mean ± std``; one fold has no spread to show (its report has bootstrap intervals)."""
+        if len(self.per_fold) == 1:
+            return f"{self.mean:.3f} (1 fold)"
         return f"{self.mean:.3f} ± {self.std:.3f}"
+
+    def of_folds(self, positions: Sequence[int]) -> FoldStat:
+        """The statistic over the folds at ``positions`` of :attr:`per_fold` only."""
+        return FoldStat.of([self.per_fold[i] for i in positions])
 
 
 @dataclass
@@ -61,6 +70,8 @@ class CVTable:
         pair_ceiling: ``pair_R@k`` -> the pair Recall@k ceiling over folds.
         descriptions: description-query method -> ``mean_ap`` / ``mean_recall_at_10`` over folds.
         screening: trained row -> pooled keyword screening (:func:`screening_summary`).
+        fold_ids: the folds tested (``0..K-1``, or the ones of ``--only-folds``), in the order of
+            every ``per_fold`` list and of ``pairs_per_fold``.
     """
 
     folds: int
@@ -70,6 +81,16 @@ class CVTable:
     pair_ceiling: dict[str, FoldStat] = field(default_factory=dict)
     descriptions: dict[str, dict[str, FoldStat]] = field(default_factory=dict)
     screening: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fold_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.fold_ids:
+            self.fold_ids = list(range(self.folds))
+
+    @property
+    def all_folds(self) -> bool:
+        """Whether every fold was tested (each pair once)."""
+        return self.fold_ids == list(range(self.folds))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -90,6 +111,7 @@ class CVTable:
             ceiling,
             stats["descriptions"],
             data["screening"],
+            data.get("fold_ids", []),
         )
 
 
@@ -102,6 +124,8 @@ def aggregate(
     main_reports: Sequence[Mapping[str, Any]],
     trained_reports: Mapping[str, Sequence[Mapping[str, Any]]],
     trained: Mapping[str, Mapping[str, Any]],
+    folds: int | None = None,
+    fold_ids: Sequence[int] | None = None,
 ) -> CVTable:
     """The :class:`CVTable` of the fold reports (``metrics.json`` contents).
 
@@ -109,6 +133,8 @@ def aggregate(
         main_reports: the main run's report of each fold (its baselines are the table's).
         trained_reports: trained row name -> its report of each fold (the main run included).
         trained: trained row name -> ``{"fit_args", "fit_seconds"}``.
+        folds: K (default: one report per fold, ``len(main_reports)``).
+        fold_ids: which fold each report is of (default ``0..len(main_reports)-1``).
     """
     per_row: dict[str, list[Mapping[str, float]]] = {}
     for name, reports in trained_reports.items():
@@ -124,12 +150,13 @@ def aggregate(
         for name, scores in report["description_queries"]["rows"].items():
             described.setdefault(name, []).append(scores)
     return CVTable(
-        len(main_reports),
+        len(main_reports) if folds is None else folds,
         rows,
         {name: dict(info) for name, info in trained.items()},
         [int(r["n_pairs"]) for r in main_reports],
         ceiling,
         {name: _stats(values) for name, values in described.items()},
+        fold_ids=list(range(len(main_reports)) if fold_ids is None else fold_ids),
     )
 
 
@@ -139,10 +166,38 @@ def _stats(per_fold: Sequence[Mapping[str, float]]) -> dict[str, FoldStat]:
     return {k: FoldStat.of([m[k] for m in per_fold]) for k in keys}
 
 
+def restrict(table: CVTable, fold_ids: Sequence[int]) -> CVTable:
+    """``table`` over the folds ``fold_ids`` only (each one it has). The pooled keyword screening
+    is over all of the run's folds, so it is kept only when the folds are the run's own.
+
+    Raises:
+        ValueError: a fold the run did not test.
+    """
+    missing = sorted(set(fold_ids) - set(table.fold_ids))
+    if missing:
+        raise ValueError(f"folds {missing} are not in this run (it has {table.fold_ids})")
+    positions = [table.fold_ids.index(f) for f in fold_ids]
+
+    def cut(stats: Mapping[str, Mapping[str, FoldStat]]) -> dict[str, dict[str, FoldStat]]:
+        return {n: {k: s.of_folds(positions) for k, s in m.items()} for n, m in stats.items()}
+
+    same = list(fold_ids) == table.fold_ids
+    return CVTable(
+        table.folds,
+        cut(table.rows),
+        table.trained,
+        [table.pairs_per_fold[i] for i in positions],
+        {k: s.of_folds(positions) for k, s in table.pair_ceiling.items()},
+        cut(table.descriptions),
+        dict(table.screening) if same else {},
+        list(fold_ids),
+    )
+
+
 def merge(tables: Sequence[tuple[str, CVTable]]) -> CVTable:
     """One table of several runs (e.g. one per ablation): the first run whole, and the trained
     rows of each other run, its main model named by its label (``label: row`` for its extra
-    rows). Runs of a different number of folds are refused."""
+    rows). Runs of other folds (their number, which ones, their test pairs) are refused."""
     (first_label, first), *others = tables
     merged = CVTable(
         first.folds,
@@ -152,12 +207,18 @@ def merge(tables: Sequence[tuple[str, CVTable]]) -> CVTable:
         first.pair_ceiling,
         first.descriptions,
         dict(first.screening),
+        first.fold_ids,
     )
     for label, table in others:
-        if table.folds != first.folds or table.pairs_per_fold != first.pairs_per_fold:
+        if (table.folds, table.fold_ids, table.pairs_per_fold) != (
+            first.folds,
+            first.fold_ids,
+            first.pairs_per_fold,
+        ):
             raise ValueError(
-                f"{label}: {table.folds} folds of {table.pairs_per_fold} pairs, not the "
-                f"{first.folds} folds of {first.pairs_per_fold} pairs of {first_label}"
+                f"{label}: folds {table.fold_ids} of {table.folds} ({table.pairs_per_fold} "
+                f"pairs), not the folds {first.fold_ids} of {first.folds} "
+                f"({first.pairs_per_fold} pairs) of {first_label}"
             )
         for index, name in enumerate(table.trained):
             new_name = label if index == 0 else f"{label}: {name}"
@@ -171,11 +232,18 @@ def merge(tables: Sequence[tuple[str, CVTable]]) -> CVTable:
 def markdown(table: CVTable, keys: Sequence[str] = TABLE_KEYS) -> str:
     """``cv.md``: both directions' rows (mean ± std), the training budget of each trained row,
     the pair ceiling, the description queries and the pooled keyword screening."""
-    lines = [
-        f"{table.folds}-fold cross-validation by paper: test pairs per fold "
-        f"{table.pairs_per_fold} (every pair tested once); mean ± std (ddof=1) over folds.",
-        "",
-    ]
+    if table.all_folds:
+        head = (
+            f"{table.folds}-fold cross-validation by paper: test pairs per fold "
+            f"{table.pairs_per_fold} (every pair tested once); mean ± std (ddof=1) over folds."
+        )
+    else:
+        head = (
+            f"Folds {', '.join(map(str, table.fold_ids))} of a {table.folds}-fold "
+            f"cross-validation by paper (not every pair is tested): test pairs per fold "
+            f"{table.pairs_per_fold}; mean ± std (ddof=1) over these folds."
+        )
+    lines = [head, ""]
     for direction, label in DIRECTIONS.items():
         lines += [f"**{label}**", "", "| method | " + " | ".join(keys) + " |"]
         lines.append("|---|" + "---|" * len(keys))
