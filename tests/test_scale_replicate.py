@@ -1,0 +1,41 @@
+"""bench/scale_replicate.py: a larger cached dataset of copies opens as complete caches."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from clasp_pl.text.config import TextConfig
+from helpers.data import REPO, data_module
+
+sys.path.insert(0, str(REPO / "bench"))
+import scale_replicate  # noqa: E402
+
+
+def test_replicated_caches_open_complete_with_every_item_copied(records_file, tmp_path):
+    text = TextConfig(model="tiny-random", freeze=True)
+    small = data_module(records_file, tmp_path, text)
+    n_items = sum(len(dataset) for dataset in small.datasets.values())
+    shards = {
+        store: len(json.loads((small.cache_root / store / "manifest.json").read_text())["shards"])
+        for store in ("graphs", "tokens", "text_features")
+    }
+    big_file = scale_replicate.replicate_caches(
+        records_file, tmp_path / "cache", 3, tmp_path / "big"
+    )
+    big = data_module(big_file, tmp_path, text)
+
+    for store, count in shards.items():  # opened as they were made, not rebuilt
+        manifest = json.loads((big.cache_root / store / "manifest.json").read_text())
+        assert len(manifest["shards"]) == 3 * count
+    assert sum(len(dataset) for dataset in big.datasets.values()) == 3 * n_items
+    graphs = big.datasets["train"].graphs
+    n_records = int(small.datasets["train"].graphs.field("record_index").max()) + 1
+    record_index = graphs.field("record_index")
+    assert record_index.max() >= 2 * n_records  # the third copy points at its own records
+    groups = graphs.field("group_id")
+    assert len(np.unique(groups)) == 3 * len(np.unique(groups[: len(groups) // 3]))
+    batch = next(iter(big.train_dataloader()))
+    assert batch["text_features"].shape[0] == batch["group_ids"].shape[0]
