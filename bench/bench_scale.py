@@ -490,17 +490,24 @@ def projection(feat: dict, ingest_rate: float, train: dict, batch: int, a: Assum
 SECTION = "## paper scale"
 
 
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Put ``body`` under ``heading`` in the Markdown file ``path``, replacing what was there
-    (up to the next ``## `` heading), or append the section."""
+def replace_block(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between the markers ``<!-- name -->`` and ``<!-- /name -->`` of the Markdown
+    file ``path``, replacing what was there; without them, append the block at the end of its
+    ``## paper scale`` section (or of the file). Hand-written text around it is kept."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{heading}\n\n{body.rstrip()}\n"
-    if f"{heading}\n" in text:
-        before, rest = text.split(f"{heading}\n", 1)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    elif f"{SECTION}\n" in text:
+        before, rest = text.split(f"{SECTION}\n", 1)
+        cut = rest.find("\n## ") + 1 if "\n## " in rest else len(rest)
+        text = (
+            f"{before}{SECTION}\n{rest[:cut].rstrip()}\n\n{block}\n\n{rest[cut:]}".rstrip() + "\n"
+        )
     else:
-        text = text.rstrip() + "\n\n" + section
+        text = f"{text.rstrip()}\n\n{SECTION}\n\n{block}\n"
     path.write_text(text, encoding="utf-8")
 
 
@@ -729,7 +736,7 @@ def main() -> int:
         command = (
             f"`python bench/bench_scale.py --n {args.n}` ({time.strftime('%Y-%m-%d %H:%M')} UTC)"
         )
-        replace_section(Path(args.results), SECTION, f"{command}\n\n{table}")
+        replace_block(Path(args.results), f"bench_scale N={args.n}", f"{command}\n\n{table}")
     return 0
 
 

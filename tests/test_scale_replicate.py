@@ -39,3 +39,17 @@ def test_replicated_caches_open_complete_with_every_item_copied(records_file, tm
     assert len(np.unique(groups)) == 3 * len(np.unique(groups[: len(groups) // 3]))
     batch = next(iter(big.train_dataloader()))
     assert batch["text_features"].shape[0] == batch["group_ids"].shape[0]
+
+
+def test_scale_table_replaces_its_own_block_and_keeps_hand_written_text(tmp_path):
+    import bench_scale
+
+    results = tmp_path / "results.md"
+    results.write_text("# r\n\n## paper scale\n\nnotes\n\n## later\n\nmore\n")
+    bench_scale.replace_block(results, "bench_scale N=5", "table one")
+    bench_scale.replace_block(results, "bench_scale N=9", "other N")
+    bench_scale.replace_block(results, "bench_scale N=5", "table two")
+    text = results.read_text()
+    assert "table one" not in text and text.count("table two") == 1
+    assert text.index("notes") < text.index("table two") < text.index("other N")
+    assert text.index("other N") < text.index("## later") < text.index("more")
