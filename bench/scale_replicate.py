@@ -83,6 +83,56 @@ def replicate_store(source: Path, target: Path, copies: int, n_records: int, fin
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def truncate_shard(source: Path, target: Path, first: int, n_records: int) -> int:
+    """Shard folder ``source`` (records from ``first`` on) cut to its items of the first
+    ``n_records`` records at ``target`` (by ``record_index`` in the graph store, which has no item
+    for a rejected record; one item per record otherwise); returns the number of items kept."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    fields = sorted(p.name[: -len(".npy")] for p in source.glob("*.npy") if ".ptr." not in p.name)
+    if "record_index" in fields:
+        keep = int(np.searchsorted(np.load(source / "record_index.npy"), n_records))
+    else:
+        count = len(np.load(source / f"{fields[0]}.ptr.npy", mmap_mode="r")) - 1
+        keep = min(n_records - first, count)
+    for field in fields:
+        ptr = np.load(source / f"{field}.ptr.npy")[: keep + 1]
+        values = np.load(source / f"{field}.npy", mmap_mode="r")[: ptr[-1]]
+        np.save(target / f"{field}.npy", np.ascontiguousarray(values))
+        np.save(target / f"{field}.ptr.npy", ptr)
+    return keep
+
+
+def prefix_store(source: Path, target: Path, n_records: int, fingerprint: str) -> None:
+    """Store ``source`` cut to the items of its first ``n_records`` records, at ``target``: what a
+    build over those records makes (shards cut at the same records; rejects not kept). Only the
+    shards of those records need to be finished (``source`` may still be building)."""
+    manifest = json.loads((source / MANIFEST).read_text())
+    size = manifest["shard_size"]
+    names = [f"shard-{i:05d}" for i in range(-(-n_records // size))]
+    if not set(names) <= {shard["name"] for shard in manifest["shards"]}:
+        raise SystemExit(f"{source}: the shards of the first {n_records} records are not built")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shards = []
+    for index, name in enumerate(names):  # shard i holds records [i x size, (i + 1) x size)
+        kept = truncate_shard(source / name, target / name, index * size, n_records)
+        shards.append({"name": name, "count": kept})
+    manifest.update(source=fingerprint, shards=shards, rejects=[], complete=True)
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def prefix_caches(records: Path, cache: Path, prefix: Path) -> None:
+    """The complete caches of ``prefix`` (a records file of the first lines of ``records``) cut
+    from ``records``'s under ``cache``, instead of featurizing those records again."""
+    n_records = sum(1 for _ in iter_record_lines(prefix))
+    fingerprint = file_fingerprint(prefix)
+    source_root = records_cache_root(cache, records)
+    target_root = records_cache_root(cache, prefix)
+    for store in sorted(p for p in source_root.iterdir() if (p / MANIFEST).exists()):
+        prefix_store(store, target_root / store.name, n_records, fingerprint)
+
+
 def replicate_caches(records: Path, cache: Path, copies: int, out: Path) -> Path:
     """The records file ``out/records.jsonl.gz`` of ``copies`` copies of ``records`` and its
     complete caches under ``cache``, made from ``records``'s (see the module docstring)."""

@@ -53,3 +53,29 @@ def test_scale_table_replaces_its_own_block_and_keeps_hand_written_text(tmp_path
     assert "table one" not in text and text.count("table two") == 1
     assert text.index("notes") < text.index("table two") < text.index("other N")
     assert text.index("other N") < text.index("## later") < text.index("more")
+
+
+def test_prefix_caches_equal_the_caches_built_from_the_prefix(records_file, tmp_path):
+    import itertools
+
+    from clasp_pl.data.cache import ArrayStore
+    from clasp_pl.data.datamodule import records_cache_root
+    from clasp_pl.data.records import iter_record_lines, write_record_lines
+
+    text = TextConfig(model="tiny-random", freeze=True)
+    data_module(records_file, tmp_path / "full", text)
+    prefix = tmp_path / "prefix.jsonl.gz"
+    write_record_lines(itertools.islice(iter_record_lines(records_file), 7), prefix)
+    built = data_module(prefix, tmp_path / "built", text)
+    scale_replicate.prefix_caches(records_file, tmp_path / "full" / "cache", prefix)
+    stores = ("graphs", "tokens", "text_features")
+    root = records_cache_root(tmp_path / "full" / "cache", prefix)
+    manifests = [(root / store / "manifest.json").read_text() for store in stores]
+    cut = data_module(prefix, tmp_path / "full", text)
+    assert [(root / store / "manifest.json").read_text() for store in stores] == manifests
+    for store in stores:
+        want, got = ArrayStore(built.cache_root / store), ArrayStore(cut.cache_root / store)
+        assert len(got) == len(want) > 0
+        for index in range(len(want)):
+            for name, value in want[index].items():
+                assert np.array_equal(got[index][name], value), (store, index, name)
