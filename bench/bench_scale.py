@@ -139,8 +139,9 @@ def process_group(rank: int, port: int) -> Iterator[None]:
 
 
 def data_module(records: Path, cache: Path, **options: object) -> CrystalTextDataModule:
-    """The data module of ``clasp fit --preset pretrain`` (frozen MiniLM, its pooled outputs
-    cached) over ``records``."""
+    """The text tower of ``clasp fit --preset pretrain`` (frozen MiniLM, its pooled outputs
+    cached) over ``records``, with the library's default captions (title + abstract + keywords,
+    256 tokens; the preset's are the title, 64 tokens)."""
     return CrystalTextDataModule(
         records=str(records), cache_dir=str(cache), text=FROZEN_TEXT, **options
     )

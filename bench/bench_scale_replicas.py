@@ -45,7 +45,9 @@ def main() -> int:
     for copies in args.copies:
         n = copies * args.n
         folder = work / f"r{n}"
-        big = replicate_caches(records, cache, copies, folder)
+        big = folder / "records.jsonl.gz"
+        if not big.exists():  # else made before (scale_replicate.py, or --keep)
+            big = replicate_caches(records, cache, copies, folder)
         results[n] = bench_train(big, cache, args.steps, args.batch, 0)
         if not args.keep:
             shutil.rmtree(records_cache_root(cache, big), ignore_errors=True)
