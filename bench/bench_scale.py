@@ -39,7 +39,6 @@ import itertools
 import multiprocessing as mp
 import os
 import resource
-import shutil
 import socket
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import torch
 import torch.distributed as dist
 from tables import emit_table
 
+from clasp_pl.data.cache import ArrayStore
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.featurize import build_graph_store
 from clasp_pl.data.graphs import GraphConfig
@@ -139,8 +139,9 @@ def process_group(rank: int, port: int) -> Iterator[None]:
 
 
 def data_module(records: Path, cache: Path, **options: object) -> CrystalTextDataModule:
-    """The data module of ``clasp fit --preset pretrain`` (frozen MiniLM, its pooled outputs
-    cached) over ``records``."""
+    """The text tower of ``clasp fit --preset pretrain`` (frozen MiniLM, its pooled outputs
+    cached) over ``records``, with the library's default captions (title + abstract + keywords,
+    256 tokens; the preset's are the title, 64 tokens)."""
     return CrystalTextDataModule(
         records=str(records), cache_dir=str(cache), text=FROZEN_TEXT, **options
     )
@@ -186,26 +187,42 @@ def bench_ingest(records: Path, sample: int) -> tuple[float, dict[str, int]]:
     return len(paths) / (time.process_time() - start), outcomes
 
 
-def bench_featurize(records: Path, cache: Path, workers: int) -> dict[str, float]:
-    """Graph store build (graphs/s/core), then the rest of the default caches; bytes/structure."""
-    dm = data_module(records, cache, prepare_workers=workers)
-    shutil.rmtree(dm.cache_root, ignore_errors=True)  # measure a fresh build
+def complete_stores(cache_root: Path) -> set[str]:
+    """Names of the stores under ``cache_root`` that are complete (reused, not built)."""
+    manifests = (p / "manifest.json" for p in cache_root.glob("*") if p.is_dir())
+    return {m.parent.name for m in manifests if m.exists() and '"complete": true' in m.read_text()}
+
+
+def bench_featurize(records: Path, cache: Path, workers: int, sample: int) -> dict[str, float]:
+    """Per-core rates on fresh builds of the first ``sample`` records (crystal graphs over
+    ``workers`` processes, then tokens + frozen text features), then the default caches of all
+    of ``records`` built (or reused where complete: builds resume) and their bytes/structure."""
     n = sum(1 for _ in iter_record_lines(records))
-    cpu, wall = cpu_seconds(), time.perf_counter()
-    graphs, _ = build_graph_store(records, dm.cache_root / "graphs", GraphConfig(), workers)
-    graph_cpu, graph_wall = cpu_seconds() - cpu, time.perf_counter() - wall
-    cpu, wall = cpu_seconds(), time.perf_counter()
+    head = prefix_records(records, sample)
+    with tempfile.TemporaryDirectory(dir=cache.parent) as scratch:
+        dm = data_module(head, Path(scratch), prepare_workers=workers)
+        cpu = cpu_seconds()
+        shard = -(-sample // workers)  # one shard per worker
+        build_graph_store(head, dm.cache_root / "graphs", GraphConfig(), workers, shard)
+        graph_cpu = cpu_seconds() - cpu
+        cpu = cpu_seconds()
+        dm.prepare_data()  # the graphs are there: tokens and text features
+        text_cpu = cpu_seconds() - cpu
+    dm = data_module(records, cache, prepare_workers=workers)
+    reused = complete_stores(dm.cache_root)
+    wall = time.perf_counter()
     dm.prepare_data()
-    rest_cpu, rest_wall = cpu_seconds() - cpu, time.perf_counter() - wall
     return {
         "n": n,
-        "graphs/s/core": len(graphs) / graph_cpu,
-        "graph wall s": graph_wall,
-        "tokens+text features s": rest_wall,
-        "tokens+text cpu s": rest_cpu,
+        "graphs/s/core": sample / graph_cpu,
+        "captions/s/core": sample / text_cpu,
+        "full wall s": time.perf_counter() - wall,
+        "reused": ", ".join(sorted(reused)) or "none",
         "graph bytes/structure": folder_bytes(dm.cache_root / "graphs") / n,
         "cache bytes/structure": folder_bytes(dm.cache_root) / n,
-        "mean sites": float(graphs.lengths("species_per_site").mean()),
+        "mean sites": float(
+            ArrayStore(dm.cache_root / "graphs").lengths("species_per_site").mean()
+        ),
     }
 
 
@@ -348,11 +365,15 @@ def _recall_rank(rank: int, port: int, out_dir: str, pairs: int, dim: int) -> No
             dist.all_gather(parts, value.contiguous())
             return torch.stack(parts)
 
-        module = SimpleNamespace(
-            trainer=SimpleNamespace(world_size=WORLD),
-            all_gather=all_gather,
-            log=lambda *a, **k: None,
+        def broadcast(value: object, src: int = 0) -> object:
+            holder = [value]
+            dist.broadcast_object_list(holder, src=src)
+            return holder[0]
+
+        trainer = SimpleNamespace(
+            world_size=WORLD, global_rank=rank, strategy=SimpleNamespace(broadcast=broadcast)
         )
+        module = SimpleNamespace(trainer=trainer, all_gather=all_gather, log=lambda *a, **k: None)
         reset_peak_rss()
         before = proc_status("VmRSS")
         start = time.perf_counter()
@@ -412,7 +433,8 @@ def bench_recall(pairs: int, dim: int) -> dict:
     ranks = spawn(_recall_rank, pairs, dim)
     return {
         "s": max(r["s"] for r in ranks),
-        "MiB": max(r["MiB"] for r in ranks),
+        "MiB": ranks[0]["MiB"],  # rank 0 computes the metrics
+        "MiB other ranks": max(r["MiB"] for r in ranks[1:]),
         "items": ranks[0]["items"],
     }
 
@@ -451,6 +473,7 @@ def projection(feat: dict, ingest_rate: float, train: dict, batch: int, a: Assum
         f"| ingest 400k CIFs, {a.cores} cores | {ingest_s / 60:.1f} min | measured {ingest_rate:.0f} CIFs/s/core |",
         f"| crystal-graph cache, {a.cores} cores | {graph_s / 60:.1f} min | measured {feat['graphs/s/core']:.0f} graphs/s/core |",
         f"| cached text features, 1 GPU | {text_s / 60:.1f} min | assumed {a.gpu_captions_per_s:,.0f} captions/s |",
+        f"| (or on {a.cores} CPU cores) | {n / (feat['captions/s/core'] * a.cores) / 60:.1f} min | measured {feat['captions/s/core']:.0f} structures/s/core, tokens + frozen MiniLM |",
         f"| cache on disk | {n * feat['cache bytes/structure'] / 2**30:.1f} GiB | measured {feat['cache bytes/structure'] / 1024:.1f} KiB/structure |",
         f"| steps per epoch (global batch {a.global_batch}) | {steps} | {a.train_fraction:.0%} train split |",
         f"| GPU step, {local} pairs × {feat['mean sites']:.0f} sites | {gpu_step * 1000:.0f} ms | assumed {a.gpu_sites_per_s:.1e} sites/s fwd+bwd |",
@@ -468,17 +491,24 @@ def projection(feat: dict, ingest_rate: float, train: dict, batch: int, a: Assum
 SECTION = "## paper scale"
 
 
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Put ``body`` under ``heading`` in the Markdown file ``path``, replacing what was there
-    (up to the next ``## `` heading), or append the section."""
+def replace_block(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between the markers ``<!-- name -->`` and ``<!-- /name -->`` of the Markdown
+    file ``path``, replacing what was there; without them, append the block at the end of its
+    ``## paper scale`` section (or of the file). Hand-written text around it is kept."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{heading}\n\n{body.rstrip()}\n"
-    if f"{heading}\n" in text:
-        before, rest = text.split(f"{heading}\n", 1)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    elif f"{SECTION}\n" in text:
+        before, rest = text.split(f"{SECTION}\n", 1)
+        cut = rest.find("\n## ") + 1 if "\n## " in rest else len(rest)
+        text = (
+            f"{before}{SECTION}\n{rest[:cut].rstrip()}\n\n{block}\n\n{rest[cut:]}".rstrip() + "\n"
+        )
     else:
-        text = text.rstrip() + "\n\n" + section
+        text = f"{text.rstrip()}\n\n{SECTION}\n\n{block}\n"
     path.write_text(text, encoding="utf-8")
 
 
@@ -489,6 +519,7 @@ def main() -> int:
     parser.add_argument("--work", default="data/scale")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ingest-sample", type=int, default=1000)
+    parser.add_argument("--featurize-sample", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--atom-budget", type=int, default=0, help="default: batch x mean sites")
@@ -529,22 +560,32 @@ def main() -> int:
     )
     cache = work / "cache"
     small = prefix_records(records, small_n)
-    feat = bench_featurize(records, cache, args.workers)
-    bench_featurize(small, cache, args.workers)
+    feat = bench_featurize(records, cache, args.workers, args.featurize_sample)
+    data_module(small, cache, prepare_workers=args.workers).prepare_data()
     rows.append(
         Row(
             "graphs/s/core",
             feat["graphs/s/core"],
             "graphs/s",
-            f"measured, {args.n:,} structures, mean {feat['mean sites']:.0f} sites",
+            f"measured, fresh build of the first {args.featurize_sample:,} structures over "
+            f"{args.workers} processes (CPU time); N mean {feat['mean sites']:.0f} sites",
         )
     )
     rows.append(
         Row(
-            "token + text-feature caches",
-            feat["tokens+text features s"],
-            "s",
-            f"measured ({feat['tokens+text cpu s']:.0f} CPU s)",
+            "tokens + frozen text features, structures/s/core",
+            feat["captions/s/core"],
+            "structures/s",
+            f"measured, fresh build of the first {args.featurize_sample:,} (CPU time; "
+            "the tower runs once per distinct caption)",
+        )
+    )
+    rows.append(
+        Row(
+            f"default caches of N={args.n:,}",
+            feat["full wall s"] / 60,
+            "min",
+            f"measured wall (complete before this run, reused: {feat['reused']})",
         )
     )
     rows.append(
@@ -639,7 +680,8 @@ def main() -> int:
             f"validation recall, {recall['items']:,} pairs over 2 ranks",
             recall["s"],
             "s",
-            f"measured; peak RSS added {recall['MiB']:.0f} MiB per rank",
+            f"measured; peak RSS added {recall['MiB']:.0f} MiB on rank 0 (computes), "
+            f"{recall['MiB other ranks']:.0f} MiB on the other rank (gathers, receives)",
         )
     )
     search = bench_embed_and_search(records, args.embed_sample, args.index_size, args.queries)
@@ -695,7 +737,7 @@ def main() -> int:
         command = (
             f"`python bench/bench_scale.py --n {args.n}` ({time.strftime('%Y-%m-%d %H:%M')} UTC)"
         )
-        replace_section(Path(args.results), SECTION, f"{command}\n\n{table}")
+        replace_block(Path(args.results), f"bench_scale N={args.n}", f"{command}\n\n{table}")
     return 0
 
 

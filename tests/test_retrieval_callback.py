@@ -43,12 +43,19 @@ def fixed_data(n=13, dim=8):
     return crystal, text, groups
 
 
-def run_validation(devices: int, out_file: str) -> None:
+def run_validation(devices: int, out_dir: str, chunk_size: int = 1024) -> None:
+    """Validate fixed embeddings on ``devices`` processes; each rank writes what its callback
+    holds, what it logged and how often it computed the metrics to ``out_dir/rank{r}.json``."""
+    import clasp_pl.evaluation.callbacks as callbacks
+
+    computed = []
+    metrics_fn = callbacks.bidirectional_metrics
+    callbacks.bidirectional_metrics = lambda *a, **k: computed.append(1) or metrics_fn(*a, **k)
     crystal, text, groups = fixed_data()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.arange(len(groups))), batch_size=4
     )
-    callback = RetrievalMetrics(ks=(1, 5))
+    callback = RetrievalMetrics(ks=(1, 5), chunk_size=chunk_size)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -59,9 +66,19 @@ def run_validation(devices: int, out_file: str) -> None:
         callbacks=[callback],
     )
     trainer.validate(FixedEmbeddings(crystal, text, groups), loader)
-    if trainer.global_rank == 0:
-        with open(out_file, "w") as handle:
-            json.dump({"n": callback.last_num_items, "metrics": callback.last_metrics}, handle)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    result = {
+        "n": callback.last_num_items,
+        "metrics": callback.last_metrics,
+        "logged": logged,
+        "computed": len(computed),
+    }
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+def expected_metrics() -> dict[str, float]:
+    crystal, text, groups = fixed_data()
+    return bidirectional_metrics(crystal, text, groups, (1, 5), chunk_size=len(groups))
 
 
 def test_unique_by_item_drops_padding_duplicates():
@@ -71,30 +88,35 @@ def test_unique_by_item_drops_padding_duplicates():
     assert unique["x"].tolist() == [1, 2, 3, 0]
 
 
-def test_single_process_metrics_equal_direct_computation(tmp_path):
-    out = tmp_path / "one.json"
-    run_validation(1, str(out))
-    result = json.loads(out.read_text())
-    crystal, text, groups = fixed_data()
+@pytest.mark.parametrize("chunk_size", [1, 4, 1024])
+def test_single_process_metrics_equal_the_unchunked_computation(tmp_path, chunk_size):
+    run_validation(1, str(tmp_path), chunk_size)
+    result = json.loads((tmp_path / "rank0.json").read_text())
     assert result["n"] == 13
-    assert result["metrics"] == pytest.approx(bidirectional_metrics(crystal, text, groups, (1, 5)))
+    assert result["metrics"] == expected_metrics()  # exactly: chunks change no rank
+    assert result["logged"] == pytest.approx({f"val/{k}": v for k, v in expected_metrics().items()})
 
 
 @pytest.mark.ddp
-def test_two_processes_with_uneven_split_count_every_item_once(tmp_path):
-    """13 items on 2 ranks: DistributedSampler pads one rank with a repeated sample."""
-    out = tmp_path / "two.json"
+def test_two_processes_compute_once_and_log_the_same_values_on_every_rank(tmp_path):
+    """13 items on 2 ranks (DistributedSampler pads one rank with a repeated sample): every
+    item counts once; rank 0 alone computes the metrics and both ranks log them."""
     script = tmp_path / "validate.py"  # Lightning's DDP launcher re-runs this script per rank
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_retrieval_callback import run_validation\n"
-        f"run_validation(2, {str(out)!r})\n"
+        f"run_validation(2, {str(tmp_path)!r}, chunk_size=3)\n"
     )
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    crystal, text, groups = fixed_data()
-    assert result["n"] == 13
-    assert result["metrics"] == pytest.approx(bidirectional_metrics(crystal, text, groups, (1, 5)))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["computed"] for r in ranks] == [1, 0]
+    for result in ranks:
+        assert result["n"] == 13
+        assert result["metrics"] == expected_metrics()
+        assert result["logged"] == ranks[0]["logged"]
+    assert ranks[0]["logged"] == pytest.approx(
+        {f"val/{k}": v for k, v in expected_metrics().items()}
+    )

@@ -28,9 +28,14 @@ class RetrievalMetrics(L.Callback):
     all ranks, removes sampler padding duplicates and logs text→structure and structure→text
     Recall@k, mean/median rank and MRR (pair and group hits) as ``val/t2s_pair_R@10`` etc.
 
+    The metrics are computed once, on global rank 0, and broadcast: every rank logs the same
+    values (so a ``ModelCheckpoint`` monitoring one of them agrees on every rank) while the other
+    ranks spend neither the time nor the ``O(chunk_size x N)`` scores on them.
+
     Args:
         ks: Recall@k cut-offs.
-        chunk_size: queries scored at once (peak memory ``O(chunk_size x N)``).
+        chunk_size: queries scored at once (peak memory ``O(chunk_size x N)``, N the split's
+            pairs; the ``N x N`` score matrix is never held).
     """
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024):
@@ -50,15 +55,19 @@ class RetrievalMetrics(L.Callback):
         local = {key: torch.cat([o[key] for o in self._outputs]) for key in EMBEDDING_KEYS}
         self._outputs = []
         gathered = {key: _gather_rows(pl_module, value) for key, value in local.items()}
-        items = unique_by_item(gathered)
-        metrics = bidirectional_metrics(
-            items["crystal_emb"].float(),
-            items["text_emb"].float(),
-            items["group_ids"],
-            self.ks,
-            self.chunk_size,
-        )
-        self.last_metrics, self.last_num_items = metrics, int(items["item_id"].numel())
+        result = None
+        if trainer.global_rank == 0:
+            items = unique_by_item(gathered)
+            metrics = bidirectional_metrics(
+                items["crystal_emb"].float(),
+                items["text_emb"].float(),
+                items["group_ids"],
+                self.ks,
+                self.chunk_size,
+            )
+            result = (metrics, int(items["item_id"].numel()))
+        metrics, self.last_num_items = trainer.strategy.broadcast(result, src=0)
+        self.last_metrics = metrics
         for name, value in metrics.items():
             pl_module.log(f"{stage}/{name}", value, rank_zero_only=False, sync_dist=False)
 
