@@ -78,8 +78,7 @@ def trainer(folder: Path, *callbacks: L.Callback, epochs: int = 3, **options) ->
         enable_model_summary=False,
         num_sanity_val_steps=0,
         accelerator="cpu",
-        devices=1,
-        **options,
+        **{"devices": 1, **options},
     )
 
 
