@@ -138,15 +138,22 @@ def test_checkpoint_holds_the_average_and_the_trained_weights_to_resume(tmp_path
     recorded, ema = StepWeights(), WeightEMA(HALF_LIFE)
     L.seed_everything(0)
     initial_frozen = Toy().frozen.weight.detach().clone()
-    fit(tmp_path, recorded, ema)
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert checkpoint["callbacks"]["WeightEMA"]["updates"] == 3 * STEPS_PER_EPOCH
-    for name, tensor in ema.average.items():
-        assert torch.equal(checkpoint["state_dict"][name], tensor), name
-        assert torch.equal(checkpoint[TRAINING_WEIGHTS][name], recorded.steps[-1][name]), name
-    assert set(checkpoint[TRAINING_WEIGHTS]) == set(ema.average)  # frozen weights stored once
-    assert torch.equal(checkpoint["state_dict"]["frozen.weight"], initial_frozen)
-    assert checkpoint["state_dict"]["norm.num_batches_tracked"] == 3 * STEPS_PER_EPOCH
+    # as conf/trainer/cpu.yaml's step-period last.ckpt: written when fitting ends, after the
+    # model took the average
+    at_end = ModelCheckpoint(tmp_path / "end", save_last=True, save_top_k=0, every_n_train_steps=99)
+    model = fit(tmp_path, recorded, ema, at_end)
+    for path in (tmp_path / "last.ckpt", tmp_path / "end" / "last.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["callbacks"]["WeightEMA"]["updates"] == 3 * STEPS_PER_EPOCH
+        for name, tensor in ema.average.items():
+            assert torch.equal(checkpoint["state_dict"][name], tensor), name
+            trained = checkpoint[TRAINING_WEIGHTS][name]
+            assert torch.equal(trained, recorded.steps[-1][name]), name
+        assert set(checkpoint[TRAINING_WEIGHTS]) == set(ema.average)  # frozen ones stored once
+        assert torch.equal(checkpoint["state_dict"]["frozen.weight"], initial_frozen)
+        assert checkpoint["state_dict"]["norm.num_batches_tracked"] == 3 * STEPS_PER_EPOCH
+    trainer(tmp_path / "validate", ema).validate(model, loader(), verbose=False)
+    assert torch.equal(model.validated[-1], ema.average["layer.weight"])  # no swap after fit
 
 
 def test_resumed_run_ends_with_the_average_of_the_straight_run(tmp_path):

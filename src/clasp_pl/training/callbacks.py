@@ -80,7 +80,8 @@ class WeightEMA(L.Callback):
         self.updates = 0
         self.last_step = 0
         self._average: dict[str, torch.Tensor] | None = None
-        self._live: dict[str, torch.Tensor] | None = None
+        self._live: dict[str, torch.Tensor] | None = None  # the model's averaged tensors
+        self._trained: dict[str, torch.Tensor] | None = None  # set aside when fitting ends
 
     @staticmethod
     def averaged_tensors(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -103,7 +104,8 @@ class WeightEMA(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """A new fit starts a new average (a resumed one then loads its own)."""
         if stage == TrainerFn.FITTING:
-            self.updates, self.last_step, self._average, self._live = 0, 0, None, None
+            self.updates, self.last_step = 0, 0
+            self._average = self._live = self._trained = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         live = self.averaged_tensors(pl_module)
@@ -126,7 +128,9 @@ class WeightEMA(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self._live is None or trainer.global_step <= self.last_step:
+        if self._live is None or self._trained is not None:
+            return
+        if trainer.global_step <= self.last_step:
             return  # no optimizer step since the last update (gradient accumulation)
         weight = max(1.0 - self.decay, 1.0 / (self.updates + 1))
         with torch.no_grad():
@@ -142,21 +146,26 @@ class WeightEMA(L.Callback):
             live.data.copy_(self._average[name])
             self._average[name].copy_(held)
 
+    def _training(self) -> bool:
+        """Whether the model holds the trained weights of a fit (not yet the average)."""
+        return self._live is not None and self._trained is None
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._live is not None:
+        if self._training():
             self._swap()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._live is not None:
+        if self._training():
             self._swap()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave the average in the model (later ``validate``/``test`` calls score it)."""
-        if self._live is None:
+        """Leave the average in the model (later ``validate``/``test`` calls score it) and set
+        the trained weights aside for checkpoints written from now on (``save_last``)."""
+        if not self._training():
             return
+        self._trained = {name: live.detach().clone() for name, live in self._live.items()}
         for name, live in self._live.items():
             live.data.copy_(self._average[name])
-        self._live = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -173,9 +182,10 @@ class WeightEMA(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self._live is None:
-            return  # not fitting: the model holds what the checkpoint should (the average)
+            return  # no fit: the model holds what the checkpoint should (the average)
         weights = checkpoint["state_dict"]
-        checkpoint[TRAINING_WEIGHTS] = {name: weights[name] for name in self._live}
+        trained = self._trained or {name: weights[name] for name in self._live}
+        checkpoint[TRAINING_WEIGHTS] = dict(trained)
         weights.update(self._average)
 
     def on_load_checkpoint(
