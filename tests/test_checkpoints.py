@@ -80,17 +80,22 @@ def test_unusable_file_raises_one_error_with_reason_and_fix(tmp_path, kind, reas
     assert error.value.fix
 
 
-def test_find_checkpoint_prefers_the_best_then_the_newest(tmp_path, monkeypatch):
+def test_find_checkpoint_picks_the_last_or_on_request_the_best(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no checkpoint under this folder"):
         find_checkpoint(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default is runs/pretrain of the working folder
     with pytest.raises(CheckpointError, match="runs/pretrain: no checkpoint under this folder"):
         find_checkpoint()
     folder = tmp_path / "runs" / "pretrain" / "checkpoints"
-    for age, name in enumerate(["best-epoch=01.ckpt", "best-epoch=03.ckpt", "last.ckpt"]):
+    names = ["best-epoch=01.ckpt", "last.ckpt", "best-epoch=03.ckpt", "other.ckpt"]
+    for age, name in enumerate(names):
         path = write_checkpoint(folder / name, {}, {})
         os.utime(path, (1000 + age, 1000 + age))
-    assert find_checkpoint().name == "best-epoch=03.ckpt"
+    assert find_checkpoint().name == "last.ckpt"  # not the newer best or other file
+    assert find_checkpoint(choice="best").name == "best-epoch=03.ckpt"  # the newest best
+    (folder / "last.ckpt").unlink()
+    assert find_checkpoint(tmp_path / "runs").name == "other.ckpt"  # no last: the newest
     for best in folder.glob("best-*"):
         best.unlink()
-    assert find_checkpoint(tmp_path / "runs").name == "last.ckpt"
+    with pytest.raises(CheckpointError, match="no best"):
+        find_checkpoint(choice="best")

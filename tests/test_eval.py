@@ -71,7 +71,8 @@ def test_fit_writes_checkpoints_events_and_config(trained_run):
     assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
     assert list((trained_run / "runs").rglob("events.out.tfevents.*"))
     assert list((trained_run / "runs").rglob("config.yaml"))
-    assert find_checkpoint(trained_run / "runs/pretrain").name.startswith("best-")
+    assert find_checkpoint(trained_run / "runs/pretrain").name == "last.ckpt"
+    assert find_checkpoint(trained_run / "runs/pretrain", "best").name.startswith("best-")
     state = torch.load(trained_run / "runs/pretrain/checkpoints/last.ckpt", weights_only=True)
     assert "val/t2s_group_R@10" in json.dumps(list(state["callbacks"]))
 
@@ -139,7 +140,7 @@ def test_alpha_is_stored_per_checkpoint_file(trained_run):
     assert report["hybrid_alpha_file"] == str(stored)
     assert load_alpha(ckpt) == (report["hybrid_alpha"], f"stored with the model ({stored})")
     assert not (folder / "alpha.json").exists()
-    best = find_checkpoint(trained_run / "runs/pretrain")
+    best = find_checkpoint(trained_run / "runs/pretrain", "best")
     assert load_alpha(best)[0] == DEFAULT_ALPHA and "no best-" in load_alpha(best)[1]
     state = torch.load(ckpt, weights_only=True)
     torch.save({**state, "global_step": state["global_step"] + 1}, ckpt)  # overwritten in place

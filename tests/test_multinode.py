@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from clasp_pl.commands.fit import CLaSPCLI
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.models.clasp import CLaSPModule
-from clasp_pl.training.callbacks import ResumeState, StopAfterSteps
+from clasp_pl.training.callbacks import TRAINING_WEIGHTS, ResumeState, StopAfterSteps
 from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
 from helpers.data import REPO
 from helpers.ddp import free_port
@@ -112,8 +112,9 @@ def test_resume_from_an_epoch_end_last_checkpoint_equals_the_straight_run(
     assert fit(tmp_path / "resumed", stop_at=2)["global_step"] == 2  # the end of epoch 0
     resumed = fit(tmp_path / "resumed", ckpt_path="last")
     assert resumed["global_step"] == straight["global_step"] == 4
-    for name, tensor in straight["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=0, atol=1e-6)
+    for key in ("state_dict", TRAINING_WEIGHTS):  # the preset's weight average, trained weights
+        for name, tensor in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], tensor, rtol=0, atol=1e-6)
 
 
 def test_ddp_preset_is_gloo_on_cpu(tmp_path, records_file):
@@ -182,6 +183,7 @@ def node_overlay(node: Path, records_file: Path) -> Path:
                     },
                 },
                 {"class_path": "clasp_pl.training.callbacks.ResumeState"},
+                {"class_path": "clasp_pl.training.callbacks.WeightEMA"},
                 {
                     "class_path": "clasp_pl.training.callbacks.RunRecorder",
                     "init_args": {"folder": "records"},
@@ -284,3 +286,4 @@ def test_two_nodes_of_one_process_train_on_a_gathered_global_batch(tmp_path, rec
     assert not list(nodes[1].rglob("*.ckpt")), "only global rank 0 writes checkpoints"
     checkpoint = torch.load(nodes[0] / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == STEPS
+    assert checkpoint["callbacks"]["WeightEMA"]["updates"] == STEPS  # once per global step

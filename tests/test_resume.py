@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from clasp_pl.data.datamodule import CrystalTextDataModule
 from clasp_pl.data.loading import EpochShuffleSampler, ResumableDataLoader
 from clasp_pl.text.config import TextConfig
+from clasp_pl.training.callbacks import TRAINING_WEIGHTS
 from clasp_pl.training.checkpoint_io import AtomicCheckpointIO
 from helpers.data import REPO, TINY_GRAPH
 
@@ -196,6 +197,10 @@ def phase_config(root: Path, records_file: Path, run: str, phase: str, *callback
                 },
                 {"class_path": "clasp_pl.training.callbacks.ResumeState"},
                 {
+                    "class_path": "clasp_pl.training.callbacks.WeightEMA",
+                    "init_args": {"half_life_steps": 3},
+                },
+                {
                     "class_path": "clasp_pl.training.callbacks.RunRecorder",
                     "init_args": {"folder": str(root / run / phase)},
                 },
@@ -261,8 +266,10 @@ def assert_same_final_state(first: Path, second: Path) -> None:
     a = torch.load(first, map_location="cpu", weights_only=False)
     b = torch.load(second, map_location="cpu", weights_only=False)
     assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
-    for name, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][name]), name
+    for key in ("state_dict", TRAINING_WEIGHTS):  # the weight average, the trained weights
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}: {name}"
+    assert a["callbacks"]["WeightEMA"] == b["callbacks"]["WeightEMA"]
     for group_a, group_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
         for key, state in group_a["state"].items():
             for field, value in state.items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from pickle import UnpicklingError
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -165,12 +165,24 @@ def write_checkpoint(
     return path
 
 
-def find_checkpoint(run: str | Path = PRETRAIN_RUN) -> Path:
-    """The checkpoint of a run folder to evaluate when none is named: its best checkpoint
-    (``best*.ckpt``, selected on the validation split), else its newest one.
+CheckpointChoice = Literal["last", "best"]
+"""Which checkpoint of a run :func:`find_checkpoint` picks: ``last`` (the final state: with
+conf/trainer/cpu.yaml's weight averaging, the final average of the weights) or ``best`` (the
+one that scored best on the validation split)."""
+CHECKPOINT_CHOICES: tuple[CheckpointChoice, ...] = get_args(CheckpointChoice)
+LAST_CHECKPOINT = "last.ckpt"
+BEST_PREFIX = "best"
+
+
+def find_checkpoint(run: str | Path = PRETRAIN_RUN, choice: CheckpointChoice = "last") -> Path:
+    """The checkpoint of a run folder to evaluate when none is named (the newest by
+    modification time among several).
+
+    - ``last``: its ``last.ckpt`` (the final state), else its newest ``.ckpt``;
+    - ``best``: its ``best*.ckpt`` (selected on the validation split).
 
     Raises:
-        CheckpointError: when the folder holds no ``.ckpt`` file.
+        CheckpointError: when the folder holds no ``.ckpt`` file, or no best one for ``best``.
     """
     run = Path(run)
     candidates = sorted(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -178,5 +190,15 @@ def find_checkpoint(run: str | Path = PRETRAIN_RUN) -> Path:
         raise CheckpointError(
             run, "no checkpoint under this folder", "run `make pretrain` or pass --ckpt"
         )
-    best = [p for p in candidates if p.name.startswith("best")]
-    return (best or candidates)[-1]
+    if choice == "best":
+        best = [p for p in candidates if p.name.startswith(BEST_PREFIX)]
+        if not best:
+            raise CheckpointError(
+                run,
+                "no best*.ckpt under this folder",
+                "train with a ModelCheckpoint that monitors a validation metric "
+                "(conf/trainer/cpu.yaml), or pick the last checkpoint",
+            )
+        return best[-1]
+    last = [p for p in candidates if p.name == LAST_CHECKPOINT]
+    return (last or candidates)[-1]

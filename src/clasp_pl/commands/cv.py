@@ -13,8 +13,9 @@ Usage::
 Every option ``clasp cv`` does not know is a ``clasp fit`` argument of the main model (default
 ``--preset pretrain``). For fold ``f`` of ``K`` the model is trained with ``--data.num_folds K
 --data.fold f`` (:func:`clasp_pl.data.split.split_indices`: test = fold ``f``, every paper tested
-once) under ``OUT/model/fold-f/``, then evaluated on its test split as ``clasp eval`` does
-(``OUT/model/fold-f/eval-test/``, without the t-SNE maps). ``--row NAME=ARGS`` trains one more
+once) under ``OUT/model/fold-f/``, then its last checkpoint (the final averaged weights;
+``--checkpoint best``: the best on validation) is evaluated on its test split as ``clasp eval``
+does (``OUT/model/fold-f/eval-test/``, ``eval-test-best/``; without the t-SNE maps). ``--row NAME=ARGS`` trains one more
 model per fold with the ``clasp fit`` arguments ``ARGS`` (a row of the table named ``NAME``, under
 ``OUT/NAME/``). Folds run one after the other; a fold whose training finished and whose report
 exists is skipped, an interrupted training resumes from its ``last.ckpt``.
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clasp_pl.api import default_device
-from clasp_pl.checkpoints import find_checkpoint
+from clasp_pl.checkpoints import CHECKPOINT_CHOICES, CheckpointChoice, find_checkpoint
 from clasp_pl.commands.fit import CLaSPCLI, run_lightning_cli
 from clasp_pl.commands.options import command_parser
 from clasp_pl.data.datamodule import CrystalTextDataModule
@@ -68,17 +69,21 @@ class TrainedRow:
 
 @dataclass(frozen=True)
 class FoldRun:
-    """The folder of one fold of one trained row.
+    """The folder of one fold of one trained row, and which of its checkpoints is evaluated.
 
     Attributes:
-        folder: ``OUT/<row>/fold-<f>``: ``checkpoints/``, :data:`FIT_DONE`, ``eval-test/``.
+        folder: ``OUT/<row>/fold-<f>``: ``checkpoints/``, :data:`FIT_DONE`, ``eval-test/``
+            (the report of the last checkpoint) or ``eval-test-best/`` (of the best one).
+        checkpoint: ``last`` (the final, averaged weights) or ``best`` (best on validation).
     """
 
     folder: Path
+    checkpoint: CheckpointChoice = "last"
 
     @property
     def report(self) -> Path:
-        return self.folder / "eval-test" / "metrics.json"
+        suffix = "" if self.checkpoint == "last" else f"-{self.checkpoint}"
+        return self.folder / f"eval-test{suffix}" / "metrics.json"
 
     @property
     def fit_done(self) -> Path:
@@ -130,10 +135,12 @@ def fit_fold(row: TrainedRow, run: FoldRun, folds: int, fold: int) -> None:
 @dataclass(frozen=True)
 class FoldEvaluation:
     """How each fold's test split is evaluated: the keyword-screening YAML (None: the
-    packaged default) and the torch device."""
+    packaged default), the torch device and which checkpoint of the fold
+    (:func:`~clasp_pl.checkpoints.find_checkpoint`)."""
 
     keywords_file: Path | None
     device: str
+    checkpoint: CheckpointChoice = "last"
 
 
 def run_fold(
@@ -145,7 +152,7 @@ def run_fold(
         return json.loads(run.report.read_text())
     if not run.fit_done.is_file():
         fit_fold(row, run, folds, fold)
-    ckpt = find_checkpoint(run.folder / "checkpoints")
+    ckpt = find_checkpoint(run.folder / "checkpoints", run.checkpoint)
     fold_options = EvalOptions(
         ckpt,
         "test",
@@ -184,7 +191,7 @@ def cross_validate(
     runs: dict[str, list[FoldRun]] = {row.name: [] for row in rows}
     for fold in fold_ids:
         for row in rows:
-            run = FoldRun(out / row.name / f"fold-{fold}")
+            run = FoldRun(out / row.name / f"fold-{fold}", evaluation.checkpoint)
             reports[row.name].append(run_fold(row, run, folds, fold, evaluation))
             runs[row.name].append(run)
     trained = {
@@ -232,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", default=MAIN_ROW, help="the main model's row name (and folder)")
     parser.add_argument("--keywords", type=Path, help="keyword-screening YAML (as clasp eval)")
     parser.add_argument("--device", default=default_device(), help="torch device of evaluation")
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINT_CHOICES,
+        default="last",
+        help="which checkpoint of each fold is evaluated: last (default: the final weights, "
+        "averaged by conf/trainer/cpu.yaml's WeightEMA) or best (best validation group R@10)",
+    )
     return parser
 
 
@@ -306,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len({row.name for row in rows}) < len(rows):
         raise UserError("--row", "two rows share a name", "give every row its own NAME")
     args.out.mkdir(parents=True, exist_ok=True)
-    evaluation = FoldEvaluation(args.keywords, args.device)
+    evaluation = FoldEvaluation(args.keywords, args.device, args.checkpoint)
     cross_validate(args.out, args.folds, rows, evaluation, args.only_folds)
     print((args.out / "cv.md").read_text())
     print(f"cv.json and cv.md in {args.out}/")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    clasp eval                                   # best checkpoint of runs/pretrain, test split
+    clasp eval                                   # last checkpoint of runs/pretrain, test split
     clasp eval --ckpt runs/pretrain/checkpoints/last.ckpt --split val
 
 See :mod:`clasp_pl.evaluation.evaluate` for what the report holds.
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "clasp eval", "Retrieval and keyword-screening report of a checkpoint on one split."
     )
     parser.add_argument(
-        "--ckpt", type=Path, help=f"checkpoint (default: the best one of {PRETRAIN_RUN})"
+        "--ckpt",
+        type=Path,
+        help=f"checkpoint (default: the last one of {PRETRAIN_RUN}: the final averaged weights)",
     )
     parser.add_argument(
         "--split", choices=("val", "test"), default=default_of(EvalOptions, "split")
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--composition-ckpt",
         type=Path,
         help="composition-only baseline, trained on the same records and split (default: the "
-        f"best of {COMPOSITION_RUN}, written by make pretrain-composition; its row is left out "
+        f"last of {COMPOSITION_RUN}, written by make pretrain-composition; its row is left out "
         "if there is none or if it was trained on other records)",
     )
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 Usage::
 
-    clasp probe                                  # best checkpoint of runs/pretrain, mineral_class
+    clasp probe                                  # last checkpoint of runs/pretrain, mineral_class
     clasp probe --ckpt runs/pretrain/checkpoints/last.ckpt --target crystal_system --folds 10
 
 See :mod:`clasp_pl.evaluation.probe` for the protocol.
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, dest=name, default=default_of(ProbeOptions, name), **kwargs)
 
     parser.add_argument(
-        "--ckpt", type=Path, help=f"CLaSP checkpoint (default: best of {PRETRAIN_RUN})"
+        "--ckpt", type=Path, help=f"CLaSP checkpoint (default: last of {PRETRAIN_RUN})"
     )
     option(
         "target",

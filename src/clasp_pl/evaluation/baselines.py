@@ -79,7 +79,7 @@ class CompositionBaseline:
 def find_composition_baseline(
     ckpt: Path, explicit: Path | None, run: Path | None
 ) -> CompositionBaseline | None:
-    """The composition-only baseline: ``explicit`` (named by the user), else the best
+    """The composition-only baseline: ``explicit`` (named by the user), else the last
     checkpoint under ``run`` (a note when there is none). None when there is none, or when it
     is the evaluated checkpoint ``ckpt`` itself."""
     if explicit is not None:

@@ -82,7 +82,7 @@ class EvalOptions:
         seed: seed of the untrained baseline and of the t-SNE maps.
         caption_fields: evaluate on these record fields instead of the checkpoint's captions.
         composition_ckpt: composition-only baseline; it must exist and share the split.
-        composition_run: without ``composition_ckpt``, the run whose best checkpoint is the
+        composition_run: without ``composition_ckpt``, the run whose last checkpoint is the
             baseline when it shares the split (else its row is left out, with a warning).
         n_resamples: paper-bootstrap resamples of the Recall@k intervals (seeded by ``seed``).
         maps: also write the t-SNE maps (PNG and HTML); ``clasp cv`` leaves them out.
