@@ -50,7 +50,7 @@ smoke: install  ## seconds-long run of the tiny model: a few batches, logs/check
 slurm-pretrain:  ## submit scripts/slurm_pretrain.sbatch (ARGS= extra `clasp fit` arguments)
 	sbatch scripts/slurm_pretrain.sbatch $(ARGS)
 
-eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default the best of runs/pretrain; SPLIT=test|val)
+eval-retrieval: install  ## retrieval + screening report of a checkpoint (CKPT=path, default the last (final weight average) of runs/pretrain; SPLIT=test|val)
 	$(BIN)/clasp eval $(if $(CKPT),--ckpt $(CKPT)) --split $(SPLIT)
 
 cv: install  ## k-fold by paper: one model per fold, mean ± std per row into CV_OUT (FOLDS=5 ARGS="--row 'composition=--preset composition'" CONFIG=)
