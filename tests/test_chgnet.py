@@ -18,7 +18,9 @@ from clasp_pl.data.chgnet_features import (
     ChgnetFeatures,
     ChgnetMissing,
     build_chgnet_feature_store,
+    ordered_approximation,
 )
+from clasp_pl.data.featurize import valid_rows
 from clasp_pl.data.records import CrystalRecord, iter_records, write_records
 from helpers.data import DEFAULT_RECORDS
 
@@ -73,6 +75,7 @@ def test_store_caches_one_row_per_record_and_reuses_it(tmp_path, records, featur
     expected, _ = features([r.to_ordered_structure() for r in records])
     assert rejects == [] and len(store) == len(records)
     np.testing.assert_allclose(stored, expected, atol=1e-5)  # disordered: ordered approximation
+    assert valid_rows(store).tolist() == [True] * len(records)
     manifest = store.manifest
     assert manifest["key"]["structure"] == "ordered-dominant"
     assert {"chgnet_version", "chgnet_model", "weights"} <= set(manifest["key"])
@@ -105,6 +108,16 @@ def test_isolated_atom_is_a_reject_with_a_nan_row(tmp_path, records):
     assert [(r.id, r.reason) for r in rejects] == [("lone-au", "featurization_failed")]
     assert np.isfinite(store[0]["features"]).all()
     assert np.isnan(store[1]["features"]).all()
+    assert valid_rows(store).tolist() == [True, False]
+
+
+def test_ordered_approximation_of_a_structure_is_the_record_s(records):
+    """A disordered pymatgen structure (what ``clasp embed`` reads) gets the stand-in its record
+    gets: every site its dominant element, so embedding it gives the cached feature."""
+    for record in records:
+        approximation = ordered_approximation(record.to_structure())
+        assert approximation.is_ordered
+        assert approximation == record.to_ordered_structure()
 
 
 @needs_chgnet

@@ -206,7 +206,7 @@ def test_structures_without_composition_features_are_left_out_of_pairs(
     def fails_for_one(symprec: float, index: int, record: CrystalRecord) -> dict:
         if record.id == failing:
             raise ValueError("descriptor failed")
-        return {"features": composition_features(record.to_structure(), symprec)[None]}
+        return featurize.feature_row_item(composition_features(record.to_structure(), symprec))
 
     monkeypatch.setattr(featurize, "_composition_item", fails_for_one)
     dm = CrystalTextDataModule(
