@@ -145,8 +145,8 @@ def collate_graphs(samples: Sequence[Sample]) -> GraphBatch:
 def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch:
     """Stack (graph, caption) samples into one :class:`PairBatch`, captions padded to the
     longest one; ``text_features``, ``composition_features`` and ``chgnet_features`` when the
-    samples carry them,
-    and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token) padded like the tokens.
+    samples carry them, and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token)
+    padded like the tokens.
 
     Each sample needs the graph fields of :func:`collate_graphs`, ``input_ids [n_tokens]``,
     ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``. Samples without graph fields

@@ -143,7 +143,8 @@ class CLaSPModule(L.LightningModule):
 
     ``crystal_encoder`` picks the crystal tower (:func:`crystal_tower`); ``crystal`` sizes its
     CGCNN (``cgcnn``, ``fused``), ``fused`` the fused tower's composition branch and fusion layer,
-    ``chgnet`` the inputs of the CHGNet tower.
+    ``chgnet`` the inputs of the CHGNet tower. :attr:`crystal_features` says which cached
+    per-record features the tower reads (:func:`crystal_features`).
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
