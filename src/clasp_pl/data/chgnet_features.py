@@ -15,9 +15,10 @@ dominant element at full occupancy; the record itself keeps its disorder), and a
 structure as :func:`ordered_approximation`, the same stand-in. The store's key says so
 (``"structure": "ordered-dominant"``).
 
-A structure CHGNet cannot build a graph of (an atom with no neighbour within its 6 Å cutoff, an element
-outside its table) is a ``featurization_failed`` reject, stored as a row of NaN so the store
-keeps one item per record (its ``valid`` flag false).
+A structure CHGNet cannot read (an atom with no neighbour within its 6 Å cutoff, an element
+beyond Pu, Z = 94) is a ``featurization_failed`` reject, stored as a row of NaN (its ``valid``
+flag false) so the store keeps one item per record. A batch whose forward pass fails is rerun one
+structure at a time, so only the structures that fail are lost.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from clasp_pl.errors import UserError
 
 CHGNET_DIM = 64
 """Width of CHGNet's crystal feature (the pooled atom features of its last layer)."""
+CHGNET_MAX_Z = 94
+"""CHGNet's elements: Z = 1 (H) to 94 (Pu); its composition model has no slot for heavier ones."""
 CHGNET_FEATURE_VERSION = 1
 DEFAULT_CHGNET_MODEL = "0.3.0"
 """The pretrained CHGNet shipped in the wheel (MPtrj, the library's default)."""
@@ -148,13 +151,16 @@ class ChgnetFeatures:
             "weights": weights_fingerprint(self.model),
         }
 
-    def graphs(self, structures: Sequence[Structure]) -> tuple[list[Any], dict[int, str]]:
-        """CHGNet graphs of the structures that have one, and why each other one has none
-        (by position in ``structures``)."""
-        graphs, failures = [], {}
+    def graphs(self, structures: Sequence[Structure]) -> tuple[dict[int, Any], dict[int, str]]:
+        """CHGNet graphs of the structures that have one, and why each other one has none, both
+        by position in ``structures``."""
+        graphs, failures = {}, {}
         for index, structure in enumerate(structures):
             try:
-                graphs.append(self.model.graph_converter(structure))
+                beyond = max(structure.atomic_numbers, default=0)
+                if beyond > CHGNET_MAX_Z:
+                    raise ValueError(f"element Z={beyond} is beyond CHGNet's Z <= {CHGNET_MAX_Z}")
+                graphs[index] = self.model.graph_converter(structure)
             except Exception as error:  # noqa: BLE001 - one structure's failure is reported
                 failures[index] = f"{type(error).__name__}: {error}"
         return graphs, failures
@@ -177,18 +183,25 @@ class ChgnetFeatures:
 
     def _compute(self, structures: Sequence[Structure]) -> tuple[np.ndarray, dict[int, str]]:
         graphs, failures = self.graphs(structures)
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(graphs), self.batch_size):
-                batch = graphs[start : start + self.batch_size]
-                out = self.model(batch, task="e", return_crystal_feas=True)
-                rows.append(out["crystal_fea"].float().numpy())
-        computed = iter(np.concatenate(rows) if rows else np.zeros((0, CHGNET_DIM), np.float32))
         features = np.full((len(structures), CHGNET_DIM), np.nan, np.float32)
-        for index in range(len(structures)):
-            if index not in failures:
-                features[index] = next(computed)
-        return features, failures
+        positions = list(graphs)
+        with torch.inference_mode():
+            for start in range(0, len(positions), self.batch_size):
+                batch = positions[start : start + self.batch_size]
+                try:
+                    features[batch] = self._forward([graphs[i] for i in batch])
+                except Exception:  # noqa: BLE001 - one by one: only the failing ones are lost
+                    for index in batch:
+                        try:
+                            features[index] = self._forward([graphs[index]])[0]
+                        except Exception as error:  # noqa: BLE001 - reported as a reject
+                            failures[index] = f"{type(error).__name__}: {error}"
+        return features, dict(sorted(failures.items()))
+
+    def _forward(self, graphs: list[Any]) -> np.ndarray:
+        """``[len(graphs), 64]`` float32 crystal features of CHGNet graphs."""
+        out = self.model(graphs, task="e", return_crystal_feas=True)
+        return out["crystal_fea"].float().numpy()
 
     def of_structure(self, structure: Structure) -> np.ndarray:
         """The ``[64]`` float32 feature of one structure (its :func:`ordered_approximation`).
