@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 
 from clasp_pl.data import chgnet_features
 from clasp_pl.data.chgnet_features import (
@@ -18,7 +19,9 @@ from clasp_pl.data.chgnet_features import (
     ChgnetFeatures,
     ChgnetMissing,
     build_chgnet_feature_store,
+    ordered_approximation,
 )
+from clasp_pl.data.featurize import valid_rows
 from clasp_pl.data.records import CrystalRecord, iter_records, write_records
 from helpers.data import DEFAULT_RECORDS
 
@@ -73,6 +76,7 @@ def test_store_caches_one_row_per_record_and_reuses_it(tmp_path, records, featur
     expected, _ = features([r.to_ordered_structure() for r in records])
     assert rejects == [] and len(store) == len(records)
     np.testing.assert_allclose(stored, expected, atol=1e-5)  # disordered: ordered approximation
+    assert valid_rows(store).tolist() == [True] * len(records)
     manifest = store.manifest
     assert manifest["key"]["structure"] == "ordered-dominant"
     assert {"chgnet_version", "chgnet_model", "weights"} <= set(manifest["key"])
@@ -105,6 +109,16 @@ def test_isolated_atom_is_a_reject_with_a_nan_row(tmp_path, records):
     assert [(r.id, r.reason) for r in rejects] == [("lone-au", "featurization_failed")]
     assert np.isfinite(store[0]["features"]).all()
     assert np.isnan(store[1]["features"]).all()
+    assert valid_rows(store).tolist() == [True, False]
+
+
+def test_ordered_approximation_of_a_structure_is_the_record_s(records):
+    """A disordered pymatgen structure (what ``clasp embed`` reads) gets the stand-in its record
+    gets: every site its dominant element, so embedding it gives the cached feature."""
+    for record in records:
+        approximation = ordered_approximation(record.to_structure())
+        assert approximation.is_ordered
+        assert approximation == record.to_ordered_structure()
 
 
 @needs_chgnet
@@ -120,3 +134,32 @@ def test_missing_chgnet_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "chgnet.model", None)  # import fails as when not installed
     with pytest.raises(ChgnetMissing, match=r"pip install clasp_pl\[chgnet\]"):
         chgnet_features.load_chgnet()
+
+
+def curium_dioxide() -> Structure:
+    """CmO2 (fluorite, a = 5.36 Å): Cm (Z = 96) is beyond CHGNet's elements."""
+    coords = [[0, 0, 0], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]]
+    return Structure(Lattice.cubic(5.36), ["Cm", "O", "O"], coords)
+
+
+@needs_chgnet
+def test_element_beyond_plutonium_is_a_failure_and_the_batch_goes_on(records, features):
+    """A structure whose graph CHGNet builds but whose element has no slot in its model (Cm)
+    fails alone; the structures batched with it are computed as when alone."""
+    ordered = records[0].to_ordered_structure()
+    computed, failures = features([ordered, curium_dioxide(), ordered])
+    assert list(failures) == [1] and "Z=96" in failures[1]
+    assert np.isnan(computed[1]).all() and np.isfinite(computed[[0, 2]]).all()
+    alone, _ = features([ordered])
+    np.testing.assert_allclose(computed[[0, 2]], np.repeat(alone, 2, axis=0), atol=1e-5)
+
+
+@needs_chgnet
+def test_a_failing_forward_pass_is_rerun_one_structure_at_a_time(records, features, monkeypatch):
+    """Without the element check, CHGNet's own forward pass fails on the whole batch: it is then
+    rerun structure by structure, and only the failing one is lost."""
+    monkeypatch.setattr(chgnet_features, "CHGNET_MAX_Z", 100)
+    ordered = records[0].to_ordered_structure()
+    computed, failures = features([ordered, curium_dioxide(), ordered])
+    assert list(failures) == [1] and failures[1].startswith("RuntimeError")
+    assert np.isfinite(computed[[0, 2]]).all() and np.isnan(computed[1]).all()

@@ -206,7 +206,7 @@ def test_structures_without_composition_features_are_left_out_of_pairs(
     def fails_for_one(symprec: float, index: int, record: CrystalRecord) -> dict:
         if record.id == failing:
             raise ValueError("descriptor failed")
-        return {"features": composition_features(record.to_structure(), symprec)[None]}
+        return featurize.feature_row_item(composition_features(record.to_structure(), symprec))
 
     monkeypatch.setattr(featurize, "_composition_item", fails_for_one)
     dm = CrystalTextDataModule(
@@ -394,12 +394,13 @@ def test_pad_token_ids() -> None:
 
 def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_path: Path) -> None:
     """Every key collate makes is one that :class:`PairBatch` documents, with its dtype and
-    shape; both cached features present make every optional key appear."""
+    shape; every cached feature present makes every optional key appear."""
     dm = CrystalTextDataModule(
         records=str(few_records),
         cache_dir=str(tmp_path / "cache"),
         text=TextConfig(model="tiny-random", freeze=True),
         composition_features=True,
+        chgnet_features=True,
         graph=TINY_GRAPH,
         split_fractions=(1.0, 0.0, 0.0),
     )
@@ -427,6 +428,7 @@ def test_collated_pairs_follow_the_pair_batch_contract(few_records: Path, tmp_pa
         ("item_id", (5,), torch.int64),
         ("text_features", (5, 32), torch.float32),  # tiny-random's width
         ("composition_features", (5, 333), torch.float32),
+        ("chgnet_features", (5, 64), torch.float32),
     ]:
         assert (tuple(batch[name].shape), batch[name].dtype) == (shape, dtype), name
     assert batch["input_ids"].shape == batch["attention_mask"].shape

@@ -30,10 +30,11 @@ from torch import Tensor
 from clasp_pl.checkpoints import CheckpointSettings, read_settings
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import collate_graphs
+from clasp_pl.data.chgnet_features import ChgnetFeatures, chgnet_model_class
 from clasp_pl.data.composition import composition_features
 from clasp_pl.data.graphs import CrystalGraph, GraphConfig, structure_to_graph
 from clasp_pl.data.records import CrystalRecord
-from clasp_pl.models.clasp import COMPOSITION_TOWERS, CLaSPModule, HeadsConfig
+from clasp_pl.models.clasp import CLaSPModule, HeadsConfig
 from clasp_pl.text.sources import load_tokenizer
 from clasp_pl.text.tokens import encode_captions, pad_token_ids
 
@@ -128,29 +129,57 @@ class CrystalInput(NamedTuple):
         composition: the ``[333]`` composition/symmetry descriptor
             (:func:`~clasp_pl.data.composition.composition_features`), for the towers that read
             it (:func:`reads_composition`); ``None`` for the others.
+        chgnet: the ``[64]`` frozen CHGNet crystal feature of its ordered approximation
+            (:meth:`~clasp_pl.data.chgnet_features.ChgnetFeatures.of_structure`), for the
+            ``chgnet`` tower (:func:`chgnet_features`); ``None`` for the others.
     """
 
     graph: CrystalGraph
     composition: np.ndarray | None = None
+    chgnet: np.ndarray | None = None
 
 
 def reads_composition(model: CLaSPModule) -> bool:
     """Whether the model's crystal tower reads composition descriptors (``composition``,
-    ``fused``) besides or instead of the graph."""
-    return model.hparams.get("crystal_encoder", "cgcnn") in COMPOSITION_TOWERS
+    ``fused``, ``chgnet`` with its composition) besides or instead of the graph."""
+    return model.crystal_features.composition
+
+
+def chgnet_features(model: CLaSPModule) -> ChgnetFeatures | None:
+    """What computes the CHGNet features of new structures for a model whose crystal tower reads
+    them (the ``chgnet`` tower; its weights load on first use, once per process); ``None`` for
+    the other towers.
+
+    Raises:
+        ChgnetMissing: the model reads CHGNet features and chgnet is not installed (checked
+            here, before any structure is featurized), with ``pip install clasp_pl[chgnet]``.
+    """
+    if not model.crystal_features.chgnet:
+        return None
+    chgnet_model_class()
+    return ChgnetFeatures()
 
 
 def crystal_input(
-    structure: Structure, config: GraphConfig, with_composition: bool
+    structure: Structure,
+    config: GraphConfig,
+    with_composition: bool,
+    chgnet: ChgnetFeatures | None = None,
 ) -> CrystalInput:
-    """The :class:`CrystalInput` of one structure (graph with the model's ``config``).
+    """The :class:`CrystalInput` of one structure (graph with the model's ``config``; the
+    descriptor ``with_composition``; the CHGNet feature when ``chgnet`` is given, see
+    :func:`chgnet_features`).
 
     Raises:
         ValueError: for a structure that cannot become a graph or descriptor (an element
-            beyond Z = 100).
+            beyond Z = 100), or whose CHGNet graph cannot be built.
     """
     graph = structure_to_graph(structure, config)
-    return CrystalInput(graph, composition_features(structure) if with_composition else None)
+    return CrystalInput(
+        graph,
+        composition_features(structure) if with_composition else None,
+        chgnet.of_structure(structure) if chgnet is not None else None,
+    )
 
 
 def embed_structures(
@@ -161,17 +190,20 @@ def embed_structures(
     """Crystal embeddings ``[N, D]`` of pymatgen structures or records, in input order.
 
     Graphs are built with the model's own :class:`~clasp_pl.data.graphs.GraphConfig`, and
-    composition descriptors computed for the towers that read them.
+    composition descriptors and CHGNet features computed for the towers that read them.
 
     Raises:
         ValueError: for a structure that cannot become a graph (an element beyond Z = 100).
+        ChgnetMissing: the model reads CHGNet features and chgnet is not installed.
     """
     config, with_composition = graph_config(model), reads_composition(model)
+    chgnet = chgnet_features(model)
     inputs = (
         crystal_input(
             item.to_structure() if isinstance(item, CrystalRecord) else item,
             config,
             with_composition,
+            chgnet,
         )
         for item in structures_or_records
     )
@@ -183,7 +215,7 @@ def embed_graphs(
     model: CLaSPModule, crystals: Iterable[CrystalGraph | CrystalInput], batch_size: int = 128
 ) -> Tensor:
     """Crystal embeddings ``[N, D]`` of crystal graphs (or :class:`CrystalInput` s, for a tower
-    that also reads composition descriptors), consumed lazily in batches (a stream of millions
+    that also reads composition descriptors or CHGNet features), consumed lazily in batches (a stream of millions
     never lives in memory at once), in input order."""
     chunks = []
     for batch in _batches(crystals, batch_size):
@@ -199,14 +231,20 @@ def embed_graphs(
 
 def graph_batch(crystals: Sequence[CrystalGraph | CrystalInput]) -> dict:
     """Collate graphs into the crystal part of the training batch format, with
-    ``composition_features [B, 333]`` when the inputs carry descriptors."""
+    ``composition_features [B, 333]`` and ``chgnet_features [B, 64]`` when the inputs carry
+    them."""
     inputs = [c if isinstance(c, CrystalInput) else CrystalInput(c) for c in crystals]
     batch = dict(collate_graphs([vars(item.graph) for item in inputs]))
     if inputs and inputs[0].composition is not None:
-        batch["composition_features"] = torch.from_numpy(
-            np.stack([item.composition for item in inputs]).astype(np.float32)
-        )
+        batch["composition_features"] = _stack([item.composition for item in inputs])
+    if inputs and inputs[0].chgnet is not None:
+        batch["chgnet_features"] = _stack([item.chgnet for item in inputs])
     return batch
+
+
+def _stack(rows: Sequence[np.ndarray]) -> Tensor:
+    """Per-structure feature rows ``[D]`` -> ``[B, D]`` float32."""
+    return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
 def score(query_emb: Tensor, index_emb: Tensor) -> Tensor:

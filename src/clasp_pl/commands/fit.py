@@ -45,11 +45,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "smoke": (*PRETRAIN, "trainer/debug.yaml", "model/tiny.yaml"),
     "composition": (*PRETRAIN, "model/composition.yaml"),
     "fused": (*PRETRAIN, "model/fused.yaml"),
+    "chgnet": (*PRETRAIN, "model/composition.yaml", "model/chgnet.yaml"),
 }
 """``--preset NAME``: the packaged configs (under :data:`~clasp_pl.resources.CONF_DIR`) it
 composes, in order: ``pretrain`` is ``make pretrain``'s run, ``smoke`` a seconds-long run of the
 tiny model under ``runs/debug``, ``composition`` the tuned composition-only baseline, ``fused``
-the default run with the fused crystal tower (graph + composition + symmetry)."""
+the default run with the fused crystal tower (graph + composition + symmetry), ``chgnet`` the
+composition baseline's recipe with frozen CHGNet features beside the descriptor (the optional
+extra ``clasp_pl[chgnet]``)."""
 PRESET_FLAG = "--preset"
 
 

@@ -50,6 +50,7 @@ class GraphBatch(TypedDict):
 class _CachedFeatures(TypedDict, total=False):
     text_features: Tensor
     composition_features: Tensor
+    chgnet_features: Tensor
 
 
 class _CachedTokenStates(TypedDict, total=False):
@@ -70,6 +71,8 @@ class PairBatch(GraphBatch, _CachedFeatures, _CachedTokenStates):
             (the model then skips its text tower).
         composition_features: optional ``[B, 333]`` float32 descriptors, for the
             composition-only baseline tower.
+        chgnet_features: optional ``[B, 64]`` float32 frozen CHGNet crystal features
+            (:mod:`clasp_pl.data.chgnet_features`), for the ``chgnet`` crystal tower.
         text_hidden: optional ``[B, L, H]`` float32, cached hidden states after the frozen
             lower layers of a partly trainable text tower, one per token of ``input_ids`` (0 on
             padding); the model then runs only the top layers.
@@ -141,8 +144,9 @@ def collate_graphs(samples: Sequence[Sample]) -> GraphBatch:
 
 def collate_pairs(samples: Sequence[Sample], pad_token_id: int = 0) -> PairBatch:
     """Stack (graph, caption) samples into one :class:`PairBatch`, captions padded to the
-    longest one; ``text_features`` and ``composition_features`` when the samples carry them,
-    and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token) padded like the tokens.
+    longest one; ``text_features``, ``composition_features`` and ``chgnet_features`` when the
+    samples carry them, and ``text_hidden`` (``[n_tokens, H]`` per sample, one row per token)
+    padded like the tokens.
 
     Each sample needs the graph fields of :func:`collate_graphs`, ``input_ids [n_tokens]``,
     ``group_id [1]``, ``record_index [1]`` and ``item_id [1]``. Samples without graph fields

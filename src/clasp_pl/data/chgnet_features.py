@@ -5,18 +5,20 @@ so nothing is downloaded) is a graph network trained on the Materials Project re
 trajectories. Its crystal feature is the pooled readout of the last atom-convolution layer, the
 vector the energy head reads (``return_crystal_feas=True`` with ``task="e"``): ``[64]`` per
 structure, float32. :class:`ChgnetFeatures` computes it for batches of structures in eval mode
-without gradients; :func:`build_chgnet_feature_store` caches one ``[1, 64]`` item per record,
-like the frozen text features, keyed by the chgnet version, the model name and a fingerprint of
-its weights.
+without gradients; :func:`build_chgnet_feature_store` caches one ``[1, 64]`` row per record
+(with its ``valid`` flag, :func:`~clasp_pl.data.featurize.feature_row_item`), like the frozen
+text features, keyed by the chgnet version, the model name and a fingerprint of its weights.
 
 Disorder: CHGNet takes ordered structures only. A disordered record is given as its ordered
 approximation :meth:`~clasp_pl.data.records.CrystalRecord.to_ordered_structure` (every site its
-dominant element at full occupancy; the record itself keeps its disorder). The store's key says
-so (``"structure": "ordered-dominant"``).
+dominant element at full occupancy; the record itself keeps its disorder), and any other
+structure as :func:`ordered_approximation`, the same stand-in. The store's key says so
+(``"structure": "ordered-dominant"``).
 
-A structure CHGNet cannot build a graph of (an atom with no neighbour within its 6 Å cutoff, an element
-outside its table) is a ``featurization_failed`` reject, stored as a row of NaN so the store
-keeps one item per record.
+A structure CHGNet cannot read (an atom with no neighbour within its 6 Å cutoff, an element
+beyond Pu, Z = 94) is a ``featurization_failed`` reject, stored as a row of NaN (its ``valid``
+flag false) so the store keeps one item per record. A batch whose forward pass fails is rerun one
+structure at a time, so only the structures that fail are lost.
 """
 
 from __future__ import annotations
@@ -33,13 +35,21 @@ import torch
 from pymatgen.core import Structure
 
 from clasp_pl.data.cache import ArrayStore, ShardResult
-from clasp_pl.data.featurize import IndexedLines, RecordSource, build_record_store
+from clasp_pl.data.featurize import (
+    FEATURE_ROW_FORMAT,
+    IndexedLines,
+    RecordSource,
+    build_record_store,
+    feature_row_item,
+)
 from clasp_pl.data.records import CrystalRecord
 from clasp_pl.data.rejects import Reject
 from clasp_pl.errors import UserError
 
 CHGNET_DIM = 64
 """Width of CHGNet's crystal feature (the pooled atom features of its last layer)."""
+CHGNET_MAX_Z = 94
+"""CHGNet's elements: Z = 1 (H) to 94 (Pu); its composition model has no slot for heavier ones."""
 CHGNET_FEATURE_VERSION = 1
 DEFAULT_CHGNET_MODEL = "0.3.0"
 """The pretrained CHGNet shipped in the wheel (MPtrj, the library's default)."""
@@ -51,11 +61,11 @@ class ChgnetMissing(UserError):
     kind = "extra"
 
 
-def load_chgnet(model_name: str = DEFAULT_CHGNET_MODEL) -> Any:
-    """The pretrained CHGNet ``model_name`` on the CPU, in eval mode with frozen weights.
+def chgnet_model_class() -> type:
+    """chgnet's ``CHGNet`` class (imported on first use: chgnet is an optional extra).
 
     Raises:
-        ChgnetMissing: chgnet is not installed.
+        ChgnetMissing: chgnet is not installed, with the command that installs it.
     """
     try:
         from chgnet.model import CHGNet
@@ -65,9 +75,25 @@ def load_chgnet(model_name: str = DEFAULT_CHGNET_MODEL) -> Any:
             f"the chgnet package is not installed ({error})",
             "pip install clasp_pl[chgnet]",
         ) from None
-    model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+    return CHGNet
+
+
+def load_chgnet(model_name: str = DEFAULT_CHGNET_MODEL) -> Any:
+    """The pretrained CHGNet ``model_name`` on the CPU, in eval mode with frozen weights.
+
+    Raises:
+        ChgnetMissing: chgnet is not installed.
+    """
+    model = chgnet_model_class().load(model_name=model_name, use_device="cpu", verbose=False)
     model.eval().requires_grad_(False)
     return model
+
+
+@functools.lru_cache(maxsize=2)
+def shared_chgnet(model_name: str) -> Any:
+    """:func:`load_chgnet`, once per process and model name (a worker that unpickles many
+    :class:`ChgnetFeatures`, one per task, loads the weights once)."""
+    return load_chgnet(model_name)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -77,6 +103,16 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def ordered_approximation(structure: Structure) -> Structure:
+    """``structure`` itself when ordered; else the stand-in CHGNet can read: every site its
+    dominant element (largest occupancy, the first listed on a tie) at full occupancy, as
+    :meth:`~clasp_pl.data.records.CrystalRecord.to_ordered_structure` gives for a record."""
+    if structure.is_ordered:
+        return structure
+    species = [max(site.species.items(), key=lambda item: item[1])[0] for site in structure]
+    return Structure(structure.lattice, species, structure.frac_coords)
 
 
 class ChgnetFeatures:
@@ -99,7 +135,7 @@ class ChgnetFeatures:
 
     @functools.cached_property
     def model(self) -> Any:
-        return load_chgnet(self.model_name)
+        return shared_chgnet(self.model_name)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the loaded model (a worker process loads its own)."""
@@ -115,13 +151,16 @@ class ChgnetFeatures:
             "weights": weights_fingerprint(self.model),
         }
 
-    def graphs(self, structures: Sequence[Structure]) -> tuple[list[Any], dict[int, str]]:
-        """CHGNet graphs of the structures that have one, and why each other one has none
-        (by position in ``structures``)."""
-        graphs, failures = [], {}
+    def graphs(self, structures: Sequence[Structure]) -> tuple[dict[int, Any], dict[int, str]]:
+        """CHGNet graphs of the structures that have one, and why each other one has none, both
+        by position in ``structures``."""
+        graphs, failures = {}, {}
         for index, structure in enumerate(structures):
             try:
-                graphs.append(self.model.graph_converter(structure))
+                beyond = max(structure.atomic_numbers, default=0)
+                if beyond > CHGNET_MAX_Z:
+                    raise ValueError(f"element Z={beyond} is beyond CHGNet's Z <= {CHGNET_MAX_Z}")
+                graphs[index] = self.model.graph_converter(structure)
             except Exception as error:  # noqa: BLE001 - one structure's failure is reported
                 failures[index] = f"{type(error).__name__}: {error}"
         return graphs, failures
@@ -144,22 +183,41 @@ class ChgnetFeatures:
 
     def _compute(self, structures: Sequence[Structure]) -> tuple[np.ndarray, dict[int, str]]:
         graphs, failures = self.graphs(structures)
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(graphs), self.batch_size):
-                batch = graphs[start : start + self.batch_size]
-                out = self.model(batch, task="e", return_crystal_feas=True)
-                rows.append(out["crystal_fea"].float().numpy())
-        computed = iter(np.concatenate(rows) if rows else np.zeros((0, CHGNET_DIM), np.float32))
         features = np.full((len(structures), CHGNET_DIM), np.nan, np.float32)
-        for index in range(len(structures)):
-            if index not in failures:
-                features[index] = next(computed)
-        return features, failures
+        positions = list(graphs)
+        with torch.inference_mode():
+            for start in range(0, len(positions), self.batch_size):
+                batch = positions[start : start + self.batch_size]
+                try:
+                    features[batch] = self._forward([graphs[i] for i in batch])
+                except Exception:  # noqa: BLE001 - one by one: only the failing ones are lost
+                    for index in batch:
+                        try:
+                            features[index] = self._forward([graphs[index]])[0]
+                        except Exception as error:  # noqa: BLE001 - reported as a reject
+                            failures[index] = f"{type(error).__name__}: {error}"
+        return features, dict(sorted(failures.items()))
+
+    def _forward(self, graphs: list[Any]) -> np.ndarray:
+        """``[len(graphs), 64]`` float32 crystal features of CHGNet graphs."""
+        out = self.model(graphs, task="e", return_crystal_feas=True)
+        return out["crystal_fea"].float().numpy()
+
+    def of_structure(self, structure: Structure) -> np.ndarray:
+        """The ``[64]`` float32 feature of one structure (its :func:`ordered_approximation`).
+
+        Raises:
+            ValueError: CHGNet cannot build its graph (an isolated atom, an unknown element).
+        """
+        features, failures = self([ordered_approximation(structure)])
+        if failures:
+            raise ValueError(f"chgnet: {failures[0]}")
+        return features[0]
 
 
 class _ChgnetShard:
-    """One ``[1, 64]`` item per record of a shard (NaN where CHGNet fails: a reject)."""
+    """One ``[1, 64]`` row per record of a shard (NaN and not valid where CHGNet fails: a
+    reject)."""
 
     def __init__(self, features: ChgnetFeatures):
         self.features = features
@@ -171,7 +229,7 @@ class _ChgnetShard:
             Reject(records[i].source, records[i].id, "featurization_failed", f"chgnet: {reason}")
             for i, reason in sorted(failures.items())
         ]
-        return ShardResult([{"features": row[None]} for row in features], rejects)
+        return ShardResult([feature_row_item(row) for row in features], rejects)
 
 
 def build_chgnet_feature_store(
@@ -183,8 +241,9 @@ def build_chgnet_feature_store(
     threads: int | None = 1,
     shard_size: int = 512,
 ) -> tuple[ArrayStore, list[Reject]]:
-    """Build or reuse the store of CHGNet crystal features, one ``[1, 64]`` float32 item per
-    record (records-file order; NaN for a rejected record); returns it and this call's rejects.
+    """Build or reuse the store of CHGNet crystal features, one ``[1, 64]`` float32 row per
+    record (records-file order; NaN and not ``valid`` for a rejected record, see
+    :func:`~clasp_pl.data.featurize.feature_row_item`); returns it and this call's rejects.
 
     Keyed by the chgnet version, model name and weights fingerprint, and the structure given
     (the ordered approximation of a disordered record). ``workers`` processes compute shards
@@ -198,6 +257,7 @@ def build_chgnet_feature_store(
     key = {
         "what": "chgnet-crystal-features",
         "version": CHGNET_FEATURE_VERSION,
+        "row_format": FEATURE_ROW_FORMAT,
         "dim": CHGNET_DIM,
         "structure": "ordered-dominant",
         **features.identity(),

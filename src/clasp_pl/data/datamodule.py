@@ -17,6 +17,7 @@ from clasp_pl.data.batch import PairBatch, collate_pairs
 from clasp_pl.data.cache import ArrayStore, file_fingerprint
 from clasp_pl.data.caption_mixing import CaptionMixingLoader, WithStructureCaptions
 from clasp_pl.data.captions import StructureCaptionStores, build_structure_caption_stores
+from clasp_pl.data.chgnet_features import build_chgnet_feature_store
 from clasp_pl.data.featurize import (
     RecordSource,
     build_composition_store,
@@ -24,6 +25,7 @@ from clasp_pl.data.featurize import (
     build_text_feature_store,
     build_text_hidden_store,
     build_token_store,
+    valid_rows,
 )
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.loading import ResumableDataLoader
@@ -40,6 +42,13 @@ from clasp_pl.text.tokens import empty_caption_length
 from clasp_pl.text.tower import TextTower
 
 log = rank_zero_logger(__name__)
+
+FEATURE_ROW_STORES = {
+    "composition_features": "composition features",
+    "chgnet_features": "CHGNet features",
+}
+"""Per-record stores of one feature row per record (NaN, not valid, where featurizing failed):
+a pair whose row is not valid is left out. Named by their batch field."""
 
 
 def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
@@ -221,6 +230,10 @@ class CrystalTextDataModule(SplitDataModule):
             cache, ``float32`` keeps the top layers' inputs exact).
         composition_features: also serve composition/symmetry descriptors (for the
             composition-only baseline tower, ``model.crystal_encoder: composition``).
+        chgnet_features: also serve frozen CHGNet crystal features ``[64]`` (for
+            ``model.crystal_encoder: chgnet``; needs ``pip install clasp_pl[chgnet]``), computed
+            once into ``<cache root>/chgnet`` with ``prepare_workers`` processes
+            (:mod:`clasp_pl.data.chgnet_features`).
         crystal_graphs: serve the crystal graphs (false for a tower that reads only
             per-record features, the composition baseline: its steps then skip reading and
             collating graphs, ~10x faster; the graph store is still built, it holds the pairs).
@@ -259,6 +272,7 @@ class CrystalTextDataModule(SplitDataModule):
         cache_text_features: bool = True,
         text_hidden_dtype: HiddenDtype = "float32",
         composition_features: bool = False,
+        chgnet_features: bool = False,
         crystal_graphs: bool = True,
         keywords: str | None = None,
         caption_fields: list[str] | None = None,
@@ -296,6 +310,7 @@ class CrystalTextDataModule(SplitDataModule):
         self.text_hidden_dtype: HiddenDtype = text_hidden_dtype
         self.text_hidden_key: dict | None = None  # the lower-layer cache's key, after setup
         self.composition_features = composition_features
+        self.chgnet_features = chgnet_features
         self.crystal_graphs = crystal_graphs
         self.keywords = keywords
         self.caption_fields = list(caption_fields)
@@ -366,6 +381,10 @@ class CrystalTextDataModule(SplitDataModule):
             per_record["composition_features"], _ = build_composition_store(
                 structures, root / "composition", workers=workers
             )
+        if self.chgnet_features:
+            per_record["chgnet_features"], _ = build_chgnet_feature_store(
+                structures, root / "chgnet", workers=workers
+            )
         if self.structure_captions > 0:
             self.structure_caption_stores = build_structure_caption_stores(
                 structures,
@@ -392,12 +411,12 @@ class CrystalTextDataModule(SplitDataModule):
             log.info(
                 "%d structures have no caption text and are left out of pairs", (~usable).sum()
             )
-        if "composition_features" in per_record:  # failed descriptors are stored as NaN rows
-            store = per_record["composition_features"]
-            finite = np.isfinite(store.field("features")).all(axis=1)[record_index]
-            if not finite.all():
-                log.info("%d structures have no composition features; left out", (~finite).sum())
-            usable &= finite
+        for name, what in FEATURE_ROW_STORES.items():  # failed rows are stored as NaN
+            if name in per_record:
+                valid = valid_rows(per_record[name])[record_index]
+                if not valid.all():
+                    log.info("%d structures have no %s; left out of pairs", (~valid).sum(), what)
+                usable &= valid
         group_id = graphs.field("group_id")
         parts = split_indices(
             group_id,

@@ -20,6 +20,11 @@ stores' fingerprint):
 - ``composition/`` (only for the composition-only baseline): one ``[1, 333]`` descriptor per
   record (see :mod:`clasp_pl.data.composition`); all NaN for a record whose descriptor fails.
 
+Stores of one feature row per record (``composition/``, and ``chgnet/`` of
+:mod:`clasp_pl.data.chgnet_features`) hold a ``valid [1]`` bool beside each ``features [1, D]``
+row (:func:`feature_row_item`), so a reader finds the usable rows by reading ``N`` bytes
+(:func:`valid_rows`) instead of the whole ``[N, D]`` matrix (533 MB at 400k descriptors).
+
 A record whose graph or descriptor cannot be computed is a ``featurization_failed``
 :class:`~clasp_pl.data.rejects.Reject` (logged, and returned by the ``build_*`` functions that
 featurize structures), never the end of the build.
@@ -57,6 +62,9 @@ from clasp_pl.text.tokens import encode_captions
 from clasp_pl.text.tower import TextTower
 
 GRAPH_FORMAT_VERSION = 2  # 1: one Z per site; 2: species and occupancies per site (CSR)
+FEATURE_ROW_FORMAT = 2  # 1: features only; 2: features and a per-row validity flag
+VALID = "valid"
+"""The per-row validity field of a feature-row store."""
 IndexedLines = Sequence[tuple[int, str]]  # a shard's inputs: (record_index, record_json)
 
 log = rank_zero_logger(__name__)
@@ -190,15 +198,28 @@ def build_graph_store(
     return build_record_store(records, root, shard_fn, key, "crystal graphs", workers, shard_size)
 
 
+def feature_row_item(row: np.ndarray) -> Item:
+    """The store item of one record's feature row ``[D]``: ``features [1, D]`` float32 and
+    ``valid [1]`` bool, true when every value is finite (a failed record's row is all NaN)."""
+    row = np.asarray(row, np.float32)
+    return {"features": row[None], VALID: np.array([np.isfinite(row).all()])}
+
+
+def valid_rows(store: ArrayStore) -> np.ndarray:
+    """``[N]`` bool: which rows of a feature-row store (:func:`feature_row_item`) are usable,
+    read from the validity field alone (``N`` bytes, never the ``[N, D]`` features)."""
+    return store.field(VALID).astype(bool)
+
+
 def _composition_item(symprec: float, index: int, record: CrystalRecord) -> Item:
-    """Descriptor item of a record: ``features [1, COMPOSITION_DIM]`` float32."""
-    return {"features": composition_features(record.to_structure(), symprec)[None]}
+    """Descriptor item of a record (:func:`feature_row_item` of ``[COMPOSITION_DIM]``)."""
+    return feature_row_item(composition_features(record.to_structure(), symprec))
 
 
 def composition_shard(symprec: float, indexed_lines: IndexedLines) -> ShardResult:
     """Descriptors ``[1, COMPOSITION_DIM]`` of one shard of records, one item per record; a
-    record whose descriptor fails is a reject stored as all NaN."""
-    placeholder = {"features": np.full((1, COMPOSITION_DIM), np.nan, np.float32)}
+    record whose descriptor fails is a reject stored as all NaN (not valid)."""
+    placeholder = feature_row_item(np.full(COMPOSITION_DIM, np.nan, np.float32))
     return featurize_records(
         indexed_lines, functools.partial(_composition_item, symprec), placeholder
     )
@@ -216,6 +237,7 @@ def build_composition_store(
     key = {
         "what": "composition-features",
         "version": COMPOSITION_FORMAT_VERSION,
+        "row_format": FEATURE_ROW_FORMAT,
         "dim": COMPOSITION_DIM,
         "symprec": symprec,
     }

@@ -17,6 +17,7 @@ from clasp_pl.data.batch import GraphBatch, PairBatch
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.losses import ContrastiveLoss
 from clasp_pl.models.cgcnn import CGCNN, CGCNNConfig
+from clasp_pl.models.chgnet_tower import ChgnetCrystalTower, ChgnetTowerConfig
 from clasp_pl.models.composition import CompositionFeatures
 from clasp_pl.models.fused import FusedConfig, FusedCrystalTower
 from clasp_pl.models.heads import Activation, ProjectionHead
@@ -77,26 +78,48 @@ OMITTED_TEXT_WEIGHTS = "text_tower_weights"  # checkpoint key: which frozen weig
 # Checkpoints written before the text package existed name TextConfig by its old module.
 torch.serialization.add_safe_globals(
     [TextConfig, CGCNNConfig, GraphConfig, HeadsConfig, LossConfig, OptimConfig, FusedConfig]
-    + [(TextConfig, "clasp_pl.text_models.TextConfig")]
+    + [ChgnetTowerConfig, (TextConfig, "clasp_pl.text_models.TextConfig")]
 )
 
 
-CrystalTower = CGCNN | CompositionFeatures | FusedCrystalTower
+CrystalTower = CGCNN | CompositionFeatures | FusedCrystalTower | ChgnetCrystalTower
+CrystalEncoder = Literal["cgcnn", "composition", "fused", "chgnet"]
 
 
-COMPOSITION_TOWERS = ("composition", "fused")
-"""Crystal towers that read composition descriptors (``data.composition_features: true``)."""
+@dataclass(frozen=True)
+class CrystalFeatures:
+    """The cached per-record features a crystal tower reads besides (or instead of) the graph:
+    what the data module must serve, and what :mod:`clasp_pl.api` computes for a new structure.
+
+    Attributes:
+        composition: the ``[333]`` composition/symmetry descriptor (``composition_features``).
+        chgnet: the frozen ``[64]`` CHGNet crystal feature (``chgnet_features``).
+    """
+
+    composition: bool = False
+    chgnet: bool = False
+
+
+def crystal_features(encoder: CrystalEncoder, chgnet: ChgnetTowerConfig) -> CrystalFeatures:
+    """What the crystal tower ``encoder`` reads (:class:`CrystalFeatures`): ``composition`` and
+    ``fused`` the descriptor, ``chgnet`` the CHGNet feature and, ``with_composition``, the
+    descriptor; ``cgcnn`` neither."""
+    if encoder == "chgnet":
+        return CrystalFeatures(composition=chgnet.with_composition, chgnet=True)
+    return CrystalFeatures(composition=encoder in ("composition", "fused"))
 
 
 def crystal_tower(
-    encoder: Literal["cgcnn", "composition", "fused"],
+    encoder: CrystalEncoder,
     crystal: CGCNNConfig,
     graph: GraphConfig,
     fused: FusedConfig,
+    chgnet: ChgnetTowerConfig,
 ) -> CrystalTower:
     """The crystal tower ``model.crystal_encoder`` names: ``cgcnn`` (the graph alone),
-    ``composition`` (the descriptor alone, the baseline) or ``fused`` (both). The last two read
-    the batches' composition descriptors (``data.composition_features: true``).
+    ``composition`` (the descriptor alone, the baseline), ``fused`` (both) or ``chgnet`` (the
+    frozen CHGNet feature, with the descriptor unless ``chgnet.with_composition`` is false).
+    All but ``cgcnn`` read per-record features of the batches (:func:`crystal_features`).
 
     Raises:
         ValueError: another name.
@@ -107,7 +130,9 @@ def crystal_tower(
         return CompositionFeatures()
     if encoder == "fused":
         return FusedCrystalTower(crystal, graph, fused)
-    raise ValueError(f"unknown crystal_encoder {encoder!r}: cgcnn, composition or fused")
+    if encoder == "chgnet":
+        return ChgnetCrystalTower(chgnet)
+    raise ValueError(f"unknown crystal_encoder {encoder!r}: cgcnn, composition, fused or chgnet")
 
 
 class CLaSPModule(L.LightningModule):
@@ -117,7 +142,9 @@ class CLaSPModule(L.LightningModule):
     and L2-normalised; their dot product is the cosine similarity.
 
     ``crystal_encoder`` picks the crystal tower (:func:`crystal_tower`); ``crystal`` sizes its
-    CGCNN (``cgcnn``, ``fused``), ``fused`` the fused tower's composition branch and fusion layer.
+    CGCNN (``cgcnn``, ``fused``), ``fused`` the fused tower's composition branch and fusion layer,
+    ``chgnet`` the inputs of the CHGNet tower. :attr:`crystal_features` says which cached
+    per-record features the tower reads (:func:`crystal_features`).
 
     ``init_from`` (a checkpoint whose towers and heads start this run, e.g. stage 1 for stage 2)
     is read once, at construction, and is not a hyper-parameter: reloading this run's own
@@ -147,8 +174,9 @@ class CLaSPModule(L.LightningModule):
         heads: HeadsConfig = HeadsConfig(),
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
-        crystal_encoder: Literal["cgcnn", "composition", "fused"] = "cgcnn",
+        crystal_encoder: CrystalEncoder = "cgcnn",
         fused: FusedConfig = FusedConfig(),
+        chgnet: ChgnetTowerConfig = ChgnetTowerConfig(),
         text_max_length: int | None = None,
         init_from: str | None = None,
     ):
@@ -164,8 +192,10 @@ class CLaSPModule(L.LightningModule):
             as_config(LossConfig, loss),
             as_config(OptimConfig, optim),
         )
+        chgnet = as_config(ChgnetTowerConfig, chgnet)
+        self.crystal_features = crystal_features(crystal_encoder, chgnet)
         self.crystal_tower = crystal_tower(
-            crystal_encoder, crystal, graph, as_config(FusedConfig, fused)
+            crystal_encoder, crystal, graph, as_config(FusedConfig, fused), chgnet
         )
         self.text_tower = TextTower(text)
         head_args = {
@@ -215,8 +245,9 @@ class CLaSPModule(L.LightningModule):
 
     # ----------------------------------------------------------------- embeddings
     def encode_crystals(self, batch: GraphBatch | PairBatch) -> torch.Tensor:
-        """Crystal embeddings ``[B, embed_dim]`` of a batch (the composition-only and fused
-        towers read a pair batch's ``composition_features``)."""
+        """Crystal embeddings ``[B, embed_dim]`` of a batch (the towers that read cached
+        features, :attr:`crystal_features`, read a pair batch's ``composition_features`` and
+        ``chgnet_features``)."""
         return self.crystal_head(self.crystal_tower(batch))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,14 @@ from typing import Literal
 
 from clasp_pl.api import (
     CrystalInput,
+    chgnet_features,
     crystal_input,
     embed_graphs,
     graph_config,
     load_model,
     reads_composition,
 )
+from clasp_pl.data.chgnet_features import ChgnetFeatures
 from clasp_pl.data.cif import DEFAULT_MAX_ATOMS
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.ingest import IngestOptions, ingest_folder, ingest_table, parallel_map
@@ -85,14 +87,17 @@ class IndexSummary:
 
 
 def featurize_record(
-    line: str, config: GraphConfig, with_composition: bool = False
+    line: str,
+    config: GraphConfig,
+    with_composition: bool = False,
+    chgnet: ChgnetFeatures | None = None,
 ) -> tuple[CrystalInput, dict] | Reject:
-    """Tower input (graph, and composition descriptor ``with_composition``) and meta line of
-    one records-file line; a failure becomes a reject."""
+    """Tower input (graph, composition descriptor ``with_composition``, CHGNet feature with
+    ``chgnet``) and meta line of one records-file line; a failure becomes a reject."""
     record = CrystalRecord.from_json(line)
     try:
         structure = record.to_structure()
-        crystal = crystal_input(structure, config, with_composition)
+        crystal = crystal_input(structure, config, with_composition, chgnet)
         return crystal, record_meta(record, structure)
     except Exception as error:  # noqa: BLE001 - one bad structure must not stop the index
         return Reject(record.source, record.id, "featurization_failed", str(error))
@@ -135,7 +140,10 @@ def build_index(
     )
     results = parallel_map(
         partial(
-            featurize_record, config=graph_config(model), with_composition=reads_composition(model)
+            featurize_record,
+            config=graph_config(model),
+            with_composition=reads_composition(model),
+            chgnet=chgnet_features(model),
         ),
         list(iter_record_lines(out / RECORDS)),
         workers=options.workers,

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from clasp_pl.api import (
     CrystalInput,
+    chgnet_features,
     crystal_input,
     embed_graphs,
     graph_config,
     load_model,
     reads_composition,
 )
+from clasp_pl.data.chgnet_features import ChgnetFeatures
 from clasp_pl.data.datamodule import records_cache_root
 from clasp_pl.data.graphs import GraphConfig
 from clasp_pl.data.parallel import parallel_map
@@ -62,7 +64,12 @@ def records_index(
     model = load_model(ckpt, device)
     lines = list(iter_record_lines(records))
     results = parallel_map(
-        partial(_featurize, config=graph_config(model), with_composition=reads_composition(model)),
+        partial(
+            _featurize,
+            config=graph_config(model),
+            with_composition=reads_composition(model),
+            chgnet=chgnet_features(model),
+        ),
         lines,
         workers=workers,
         progress=False,
@@ -88,12 +95,14 @@ def records_index(
     return write_index(folder, embeddings, meta, describe_model(ckpt, model))
 
 
-def _featurize(line: str, config: GraphConfig, with_composition: bool) -> Featurized:
+def _featurize(
+    line: str, config: GraphConfig, with_composition: bool, chgnet: ChgnetFeatures | None
+) -> Featurized:
     """``(record, tower input, meta line)`` of one records-file line; None when it fails."""
     record = CrystalRecord.from_json(line)
     try:
         structure = record.to_structure()
-        crystal = crystal_input(structure, config, with_composition)
+        crystal = crystal_input(structure, config, with_composition, chgnet)
         return record, crystal, record_meta(record, structure)
     except Exception:  # noqa: BLE001 - one bad structure must not stop the index
         return None
