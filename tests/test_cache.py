@@ -207,3 +207,24 @@ def test_opening_a_store_maps_its_offsets_instead_of_reading_them(tmp_path):
     assert len(store) == n
     assert store[n - 1]["n"].tolist() == [1]
     assert store.lengths("values").sum() == n
+
+
+def test_remembered_fingerprint_hashes_a_file_once_per_version(tmp_path, monkeypatch):
+    import os
+
+    from clasp_pl.data import cache
+
+    hashed = []
+    real = cache.file_fingerprint
+    monkeypatch.setattr(cache, "file_fingerprint", lambda p: hashed.append(p) or real(p))
+    records, memo = tmp_path / "records.jsonl", tmp_path / "cache" / "records-sha256.json"
+    records.write_text("one\n")
+    first = cache.remembered_fingerprint(records, memo)
+    assert first == real(records) and len(hashed) == 1
+    assert cache.remembered_fingerprint(records, memo) == first and len(hashed) == 1
+    records.write_text("two\n")  # same size, rewritten: a new mtime
+    os.utime(records, ns=(1, 1))
+    second = cache.remembered_fingerprint(records, memo)
+    assert second == real(records) != first and len(hashed) == 2
+    memo.write_text("{not json")
+    assert cache.remembered_fingerprint(records, memo) == second and len(hashed) == 3

@@ -82,6 +82,29 @@ def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def remembered_fingerprint(path: str | Path, memo: str | Path) -> str:
+    """:func:`file_fingerprint` of ``path``, hashed in full only once per version of the file.
+
+    The sha256 is kept in the JSON file ``memo`` with the file's resolved path, size and
+    modification time (ns); while those match, it is read back instead of hashing the file again
+    (a 400k-structure records file is ~250 MB, and every rank of every run needs its
+    fingerprint). A file rewritten in place gets a new size or mtime, hence a new hash.
+    """
+    path = Path(path)
+    stat = path.stat()
+    version = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = Path(memo)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known = json.loads(memo.read_text())
+        if {k: known[k] for k in version} == version:
+            return str(known["sha256"])
+    digest = file_fingerprint(path)
+    with contextlib.suppress(OSError):  # a read-only cache folder: hash again next time
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(memo, {**version, "sha256": digest})
+    return digest
+
+
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))

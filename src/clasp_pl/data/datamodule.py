@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clasp_pl.config_utils import as_config
 from clasp_pl.data.batch import PairBatch, collate_pairs
-from clasp_pl.data.cache import ArrayStore, file_fingerprint
+from clasp_pl.data.cache import ArrayStore, file_fingerprint, remembered_fingerprint
 from clasp_pl.data.caption_mixing import CaptionMixingLoader, WithStructureCaptions
 from clasp_pl.data.captions import StructureCaptionStores, build_structure_caption_stores
 from clasp_pl.data.chgnet_features import build_chgnet_feature_store
@@ -49,6 +49,10 @@ FEATURE_ROW_STORES = {
 }
 """Per-record stores of one feature row per record (NaN, not valid, where featurizing failed):
 a pair whose row is not valid is left out. Named by their batch field."""
+
+
+RECORDS_FINGERPRINT = "records-sha256.json"
+"""The records file's remembered sha256 in its cache folder (:func:`remembered_fingerprint`)."""
 
 
 def records_cache_root(cache_dir: str | Path, records: str | Path) -> Path:
@@ -338,7 +342,7 @@ class CrystalTextDataModule(SplitDataModule):
     def record_fingerprints(self) -> tuple[str, str]:
         """The fingerprint of the structures (the records file's sha256) and that of the text
         (records file + keywords file)."""
-        structures = file_fingerprint(self.records)
+        structures = remembered_fingerprint(self.records, self.cache_root / RECORDS_FINGERPRINT)
         if not self.keywords:
             return structures, structures
         return structures, structures + ":" + file_fingerprint(self.keywords)
